@@ -1,0 +1,34 @@
+"""Data: offline labelled samples, image folders, ImageNet class tables, PIL ↔ tensor transforms,
+and Fashion-MNIST (imported on first use).
+
+Example::
+
+    import patchbench as pb
+    x, y = pb.data.samples("imagenet")              # real photos, ImageNet-1k labels
+    x, y = pb.data.ImageFolder("photos/", size=224).load()
+"""
+from __future__ import annotations
+
+import importlib
+
+from .folders import (IMG_EXTENSIONS, ImageFolder, ImageNetVal, image_paths, load_images,
+                      read_image, stack_batch)
+from .imagenet import imagenet_class_names, imagenet_val_labels
+from .samples import Sample, sample_info, samples
+from .transforms import resize_center_crop, to_pil, to_tensor
+
+__all__ = ["IMG_EXTENSIONS", "ImageFolder", "ImageNetVal", "image_paths", "load_images",
+           "read_image", "stack_batch", "imagenet_class_names", "imagenet_val_labels", "Sample",
+           "sample_info", "samples", "resize_center_crop", "to_pil", "to_tensor",
+           "load_fashion_mnist", "FASHION_MNIST_CLASSES"]
+
+# Written in its own module (idx reader); loaded on first use so this package imports cheaply.
+_LAZY = {"load_fashion_mnist": "fashion_mnist", "FASHION_MNIST_CLASSES": "fashion_mnist",
+         "fashion_mnist_available": "fashion_mnist", "fashion_mnist": "fashion_mnist"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        module = importlib.import_module(f"{__name__}.{_LAZY[name]}")
+        return module if name == _LAZY[name] else getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
