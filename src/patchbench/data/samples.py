@@ -51,8 +51,8 @@ class Sample:
 
 # Labels are ImageNet-1k indices (torchvision order). Names are patchbench.data.imagenet's.
 _IMAGENET: Tuple[Sample, ...] = (
-    Sample("chelsea", "skimage.data.chelsea", None, 285, "Egyptian cat",
-           "a short-haired domestic cat with a spotted/striped tawny coat; ImageNet's 'Egyptian cat' "
+    Sample("chelsea", "skimage.data.chelsea", None, 285, "Egyptian Mau",
+           "a short-haired domestic cat with a spotted/striped tawny coat; ImageNet's 'Egyptian cat' (Mau) "
            "synset is exactly such spotted tabby-like house cats (281 'tabby' and 282 'tiger cat' are "
            "equally defensible neighbours; we follow RESOURCES.md and the issue, which call 285 right)"),
     Sample("coffee", "skimage.data.coffee", None, 967, "espresso",
