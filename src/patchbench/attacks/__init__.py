@@ -1,0 +1,17 @@
+"""Patch attacks on image classifiers, found by name: ``patchbench.attacks.get("masked-pgd")``.
+
+* ``masked-pgd``      — :class:`MaskedPGD` (Madry et al. 2018, masked as in PatchZero eq. (2))
+* ``masked-apgd``     — :class:`MaskedAPGD` (Croce & Hein, ICML 2020, Alg. 1, masked)
+* ``masked-cw``       — :class:`MaskedCW` (Carlini & Wagner 2017 margin, Adam, tanh patch)
+* ``universal-patch`` — :class:`UniversalPatch` (Brown et al. 2017, EOT over placements/transforms)
+* ``lavan``           — :class:`LaVAN` (Karmon et al. 2018, target-minus-source logits)
+"""
+from .base import AttackResult, PatchAttack, get, names, register
+from .lavan import LaVAN
+from .masked_apgd import MaskedAPGD
+from .masked_cw import MaskedCW
+from .masked_pgd import MaskedPGD
+from .universal import UniversalPatch
+
+__all__ = ["AttackResult", "PatchAttack", "get", "names", "register", "MaskedPGD", "MaskedAPGD",
+           "MaskedCW", "UniversalPatch", "LaVAN"]
