@@ -1,0 +1,396 @@
+"""MTCNN face detector (Zhang et al., "Joint Face Detection and Alignment using Multi-task Cascaded
+Convolutional Networks", IEEE SPL 2016) in pure torch, with facenet-pytorch 2.6's pretrained weights.
+
+The cascade (paper §II-A): an image pyramid goes through the fully convolutional P-Net (12×12 windows,
+stride 2); surviving windows are regressed, squared and re-scored by R-Net on 24×24 crops, then by
+O-Net on 48×48 crops, which also gives five landmarks. We reproduce facenet-pytorch's reference
+behaviour (MIT): input ``(255·x − 127.5)/128``, pyramid from ``12/min_face_size`` by ``factor`` while
+the short side is ≥ 12 px, thresholds (0.6, 0.7, 0.7), NMS 0.5 per scale, 0.7 per image after P-Net
+and R-Net, 0.7 "Min" (pixel-inclusive) after O-Net, crops clipped to the image (no zero padding) and
+resized with area interpolation, and the Caffe-era (W, H) flattening order before the dense layers.
+
+For attacks, :meth:`MTCNN.candidates` exposes *every* scored window with a differentiable face
+probability — the analogue of the anchors of Yang et al. (ECCV 2020, §3.1): P-Net cells at all pyramid
+scales, optionally R-/O-Net scores of the cascade's crops. Crops are taken with an exact, batched
+area resampling built from an integral image, so gradients reach the input pixels.
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+from typing import NamedTuple, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .._validation import check_fraction, check_images
+from .nms import batched_nms
+
+STAGES = ("pnet", "rnet", "onet")
+
+
+class PNet(nn.Module):
+    """Proposal net: 12×12 window classifier, fully convolutional (output stride 2)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.prelu1 = nn.Conv2d(3, 10, 3), nn.PReLU(10)
+        self.conv2, self.prelu2 = nn.Conv2d(10, 16, 3), nn.PReLU(16)
+        self.conv3, self.prelu3 = nn.Conv2d(16, 32, 3), nn.PReLU(32)
+        self.conv4_1, self.conv4_2 = nn.Conv2d(32, 2, 1), nn.Conv2d(32, 4, 1)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``x`` N×3×h×w normalised → (box offsets N×4×h'×w', face probability N×h'×w')."""
+        x = _channels_last(x)
+        x = F.max_pool2d(self.prelu1(self.conv1(x)), 2, 2, ceil_mode=True)
+        x = self.prelu3(self.conv3(self.prelu2(self.conv2(x))))
+        return self.conv4_2(x), self.conv4_1(x).softmax(1)[:, 1]
+
+
+def _channels_last(x: Tensor) -> Tensor:
+    # NHWC halves the CPU time of these small-channel convs and ceil-mode max-pools (measured 2×).
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def _flatten_wh(x: Tensor) -> Tensor:
+    # The weights were converted from Caffe/TF, which flatten feature maps in (W, H, C) order.
+    return x.permute(0, 3, 2, 1).reshape(x.shape[0], math.prod(x.shape[1:]))
+
+
+class RNet(nn.Module):
+    """Refine net: scores and regresses 24×24 crops."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.prelu1 = nn.Conv2d(3, 28, 3), nn.PReLU(28)
+        self.conv2, self.prelu2 = nn.Conv2d(28, 48, 3), nn.PReLU(48)
+        self.conv3, self.prelu3 = nn.Conv2d(48, 64, 2), nn.PReLU(64)
+        self.dense4, self.prelu4 = nn.Linear(576, 128), nn.PReLU(128)
+        self.dense5_1, self.dense5_2 = nn.Linear(128, 2), nn.Linear(128, 4)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``x`` K×3×24×24 normalised → (box offsets K×4, face probability K)."""
+        x = _channels_last(x)
+        x = F.max_pool2d(self.prelu1(self.conv1(x)), 3, 2, ceil_mode=True)
+        x = F.max_pool2d(self.prelu2(self.conv2(x)), 3, 2, ceil_mode=True)
+        x = self.prelu4(self.dense4(_flatten_wh(self.prelu3(self.conv3(x)))))
+        return self.dense5_2(x), self.dense5_1(x).softmax(1)[:, 1]
+
+
+class ONet(nn.Module):
+    """Output net: scores, regresses and places 5 landmarks on 48×48 crops."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.prelu1 = nn.Conv2d(3, 32, 3), nn.PReLU(32)
+        self.conv2, self.prelu2 = nn.Conv2d(32, 64, 3), nn.PReLU(64)
+        self.conv3, self.prelu3 = nn.Conv2d(64, 64, 3), nn.PReLU(64)
+        self.conv4, self.prelu4 = nn.Conv2d(64, 128, 2), nn.PReLU(128)
+        self.dense5, self.prelu5 = nn.Linear(1152, 256), nn.PReLU(256)
+        self.dense6_1, self.dense6_2 = nn.Linear(256, 2), nn.Linear(256, 4)
+        self.dense6_3 = nn.Linear(256, 10)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``x`` K×3×48×48 → (box offsets K×4, landmarks K×10 (5 x then 5 y), face probability K)."""
+        x = _channels_last(x)
+        x = F.max_pool2d(self.prelu1(self.conv1(x)), 3, 2, ceil_mode=True)
+        x = F.max_pool2d(self.prelu2(self.conv2(x)), 3, 2, ceil_mode=True)
+        x = F.max_pool2d(self.prelu3(self.conv3(x)), 2, 2, ceil_mode=True)
+        x = self.prelu5(self.dense5(_flatten_wh(self.prelu4(self.conv4(x)))))
+        return self.dense6_2(x), self.dense6_3(x), self.dense6_1(x).softmax(1)[:, 1]
+
+
+class Detections(NamedTuple):
+    """Faces found in one image: ``boxes`` K×4 (x1, y1, x2, y2 pixels), ``scores`` K, ``landmarks``
+    K×5×2 (x, y: left eye, right eye, nose, left and right mouth corner), sorted by descending score."""
+    boxes: Tensor
+    scores: Tensor
+    landmarks: Tensor
+
+
+class Candidates(NamedTuple):
+    """Every window the cascade scores, flattened over images, scales and stages.
+
+    ``boxes`` K×4: the window that was scored (P-Net: its 12×12 cell mapped back to the image; R/O-Net:
+    the square crop), detached. ``scores`` K: face probabilities, differentiable w.r.t. the images.
+    ``image_index`` K: which image. ``stage`` K: 0 P-Net, 1 R-Net, 2 O-Net (see ``STAGES``).
+    ``regressed`` K×4: the window after the net's box regression (detached).
+    """
+    boxes: Tensor
+    scores: Tensor
+    image_index: Tensor
+    stage: Tensor
+    regressed: Tensor
+
+
+def _normalize(x255: Tensor) -> Tensor:
+    return (x255 - 127.5) * 0.0078125
+
+
+def _rerec(boxes: Tensor) -> Tensor:
+    """Square each box about its centre with side max(w, h) (reference ``rerec``)."""
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    side = torch.maximum(w, h)
+    x1 = boxes[:, 0] + 0.5 * (w - side)
+    y1 = boxes[:, 1] + 0.5 * (h - side)
+    return torch.stack([x1, y1, x1 + side, y1 + side], 1)
+
+
+def _bbreg(boxes: Tensor, reg: Tensor) -> Tensor:
+    """Apply regression offsets in units of the pixel-inclusive box size (reference ``bbreg``)."""
+    wh = (boxes[:, 2:] - boxes[:, :2] + 1).repeat(1, 2)
+    return boxes + reg * wh
+
+
+def area_crops(x: Tensor, image_index: Tensor, boxes: Tensor, size: int) -> Tensor:
+    """Crop ``boxes`` from ``x`` and resize them to ``size``×``size`` with area interpolation.
+
+    Follows the reference ``pad``: coordinates are truncated to integers and clipped to the image
+    (1-based), and the crop ``[y1 − 1, y2) × [x1 − 1, x2)`` is resampled exactly like
+    ``F.interpolate(mode="area")`` (adaptive average pooling bins). All crops of all images are made in
+    one batch from a float64 integral image, so the result is differentiable w.r.t. ``x``.
+
+    Args:
+        x: N×C×H×W images; image_index: K long; boxes: K×4 (x1, y1, x2, y2); size: output side.
+    Returns:
+        K×C×size×size crops (``x``'s dtype). Boxes must give non-empty crops (see :func:`_valid_crops`).
+    """
+    n, c, h, w = x.shape
+    b = boxes.detach().trunc().long()
+    x0 = b[:, 0].clamp(min=1) - 1
+    y0 = b[:, 1].clamp(min=1) - 1
+    x1 = b[:, 2].clamp(max=w)
+    y1 = b[:, 3].clamp(max=h)
+    i = torch.arange(size, device=x.device)
+
+    def bins(lo, hi):  # adaptive-pool bin edges: floor(i·L/S), ceil((i+1)·L/S)
+        length = (hi - lo)[:, None]
+        return lo[:, None] + (i * length) // size, lo[:, None] + ((i + 1) * length + size - 1) // size
+
+    ys, ye = bins(y0, y1)
+    xs, xe = bins(x0, x1)
+    ii = F.pad(x.double().cumsum(2).cumsum(3), (1, 0, 1, 0))       # N×C×(H+1)×(W+1)
+    ii = ii.permute(0, 2, 3, 1).reshape(-1, c)                      # (N·(H+1)·(W+1))×C
+    base = (image_index * (h + 1))[:, None, None]
+
+    def at(r, q):                                                   # K×S×S×C corner values
+        return ii[((base + r[:, :, None]) * (w + 1) + q[:, None, :]).flatten()].view(len(r), size, size, c)
+
+    total = at(ye, xe) - at(ys, xe) - at(ye, xs) + at(ys, xs)
+    count = ((ye - ys)[:, :, None] * (xe - xs)[:, None, :]).unsqueeze(-1)
+    return (total / count).permute(0, 3, 1, 2).to(x.dtype).contiguous()
+
+
+def _valid_crops(boxes: Tensor, h: int, w: int) -> Tensor:
+    """Boxes whose clipped integer crop is non-empty (the reference skips the others)."""
+    b = boxes.detach().trunc().long()
+    rows = b[:, 3].clamp(max=h) > b[:, 1].clamp(min=1) - 1
+    cols = b[:, 2].clamp(max=w) > b[:, 0].clamp(min=1) - 1
+    return rows & cols
+
+
+class MTCNN(nn.Module):
+    """MTCNN face detector with pretrained weights, batched over images.
+
+    Paper: Zhang et al., IEEE SPL 2016 (the three-stage cascade, §II); reference implementation:
+    facenet-pytorch 2.6 (``detect_face``), whose outputs this module reproduces.
+    Threat model (for attacks): white-box; :meth:`candidates` gives differentiable face probabilities.
+
+    Args:
+        device: where the weights live (default ``"cpu"``); inputs are moved there.
+        min_face_size: smallest face side in pixels searched for (default 20).
+        thresholds: face-probability thresholds of P-, R- and O-Net (default (0.6, 0.7, 0.7)).
+        factor: pyramid scale step (default 0.709).
+        weights_dir: folder with ``pnet.pt``, ``rnet.pt``, ``onet.pt`` (default: facenet-pytorch's
+            data folder); ``pretrained=False`` leaves random weights.
+    Shapes:
+        images N×3×H×W float in [0, 1] (RGB); :meth:`detect` returns a list of N :class:`Detections`.
+
+    Example::
+        >>> det = MTCNN().detect(x)          # x: N×3×H×W in [0, 1]
+        >>> boxes, scores, landmarks = det[0]
+    """
+
+    def __init__(self, device="cpu", min_face_size: int = 20,
+                 thresholds: Sequence[float] = (0.6, 0.7, 0.7), factor: float = 0.709,
+                 weights_dir: Optional[str] = None, pretrained: bool = True):
+        super().__init__()
+        if not isinstance(min_face_size, (int, float)) or min_face_size < 12:
+            raise ValueError(f"min_face_size: expected a number >= 12 (P-Net's window), "
+                             f"got {min_face_size!r}")
+        if len(thresholds) != 3:
+            raise ValueError(f"thresholds: expected 3 values (P-, R-, O-Net), got {thresholds!r}")
+        self.thresholds = tuple(check_fraction(t, "thresholds", 0, 1, inclusive=True) for t in thresholds)
+        self.factor = check_fraction(factor, "factor")
+        self.min_face_size = float(min_face_size)
+        self.pnet, self.rnet, self.onet = PNet(), RNet(), ONet()
+        if pretrained:
+            folder = weights_dir or _default_weights_dir()
+            for name in STAGES:
+                path = os.path.join(folder, f"{name}.pt")
+                if not os.path.isfile(path):
+                    raise LookupError(f"MTCNN weights: expected {path} (pip install --no-deps "
+                                      f"facenet-pytorch==2.6.0, or pass weights_dir=)")
+                getattr(self, name).load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        self.eval().requires_grad_(False)
+        self.to(device=device, memory_format=torch.channels_last)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pnet.conv1.weight.device
+
+    def scales(self, h: int, w: int) -> list[float]:
+        """Pyramid scales for an H×W image: ``12/min_face_size · factor^k`` while the side is ≥ 12."""
+        m = 12.0 / self.min_face_size
+        minl, s, out = min(h, w) * m, m, []
+        while minl >= 12:
+            out.append(s)
+            s, minl = s * self.factor, minl * self.factor
+        return out
+
+    def _prepare(self, images: Tensor) -> Tensor:
+        images = check_images(images, "images", channels=3, allow_single=True)
+        return images.to(self.device, torch.float32) * 255.0
+
+    def _pnet_cells(self, x255: Tensor, scale: float):
+        """All P-Net cells at one scale: (windows M×4, scores M, reg M×4, image index M)."""
+        n, _, h, w = x255.shape
+        im = F.interpolate(x255, size=(int(h * scale + 1), int(w * scale + 1)), mode="area")
+        reg, prob = self.pnet(_normalize(im))
+        gh, gw = prob.shape[-2:]
+        yy, xx = torch.meshgrid(torch.arange(gh, device=x255.device), torch.arange(gw, device=x255.device),
+                                indexing="ij")
+        xy = torch.stack([xx, yy], -1).reshape(-1, 2).float()     # row/col → (x, y), reference flip
+        win = torch.cat([((2 * xy + 1) / scale).floor(), ((2 * xy + 12) / scale).floor()], 1)
+        idx = torch.arange(n, device=x255.device).repeat_interleave(gh * gw)
+        return (win.repeat(n, 1), prob.reshape(-1), reg.permute(0, 2, 3, 1).reshape(-1, 4), idx)
+
+    @torch.no_grad()
+    def _stage1(self, x255: Tensor):
+        """P-Net proposals: threshold, NMS per scale (0.5) and per image (0.7), regress, square."""
+        parts = []
+        for s in self.scales(*x255.shape[-2:]):
+            win, score, reg, idx = self._pnet_cells(x255, s)
+            ok = score >= self.thresholds[0]
+            win, score, reg, idx = win[ok], score[ok], reg[ok], idx[ok]
+            keep = batched_nms(win, score, idx, 0.5)
+            parts.append((win[keep], score[keep], reg[keep], idx[keep]))
+        if not parts:                                         # image smaller than P-Net's window
+            z = x255.new_zeros(0)
+            return z.reshape(0, 4), z, z.long()
+        win, score, reg, idx = (torch.cat(t) for t in zip(*parts))
+        keep = batched_nms(win, score, idx, 0.7)
+        win, score, reg, idx = win[keep], score[keep], reg[keep], idx[keep]
+        wh = (win[:, 2:] - win[:, :2]).repeat(1, 2)          # stage 1 regresses without the +1
+        return _rerec(win + reg * wh), score, idx
+
+    def _crops(self, x255: Tensor, boxes: Tensor, idx: Tensor, size: int):
+        ok = _valid_crops(boxes, *x255.shape[-2:]).nonzero().flatten()
+        ok = ok[torch.sort(idx[ok], stable=True).indices]     # image-major: cache-friendly gathers
+        return boxes[ok], idx[ok], _normalize(area_crops(x255, idx[ok], boxes[ok], size))
+
+    @torch.no_grad()
+    def _stage2(self, x255: Tensor, boxes: Tensor, idx: Tensor):
+        """R-Net refinement of stage-1 squares: threshold, NMS 0.7, regress, square."""
+        boxes, idx, crops = self._crops(x255, boxes, idx, 24)
+        reg, score = self.rnet(crops)
+        ok = score > self.thresholds[1]
+        boxes, idx, reg, score = boxes[ok], idx[ok], reg[ok], score[ok]
+        keep = batched_nms(boxes, score, idx, 0.7)
+        return _rerec(_bbreg(boxes[keep], reg[keep])), idx[keep]
+
+    @torch.no_grad()
+    def detect(self, images: Tensor) -> list[Detections]:
+        """Detect faces in every image (one batched pass per pyramid scale and per refine stage).
+
+        Args:
+            images: N×3×H×W (or 3×H×W) float RGB in [0, 1].
+        Returns:
+            list of N :class:`Detections` ``(boxes K×4, scores K, landmarks K×5×2)`` on ``self.device``.
+        """
+        x255 = self._prepare(images)
+        n, _, h, w = x255.shape
+        boxes, _, idx = self._stage1(x255)
+        if len(boxes):
+            boxes, idx = self._stage2(x255, boxes, idx)
+        scores = torch.zeros(0, device=self.device)
+        points = torch.zeros(0, 5, 2, device=self.device)
+        if len(boxes):
+            boxes, idx, crops = self._crops(x255, boxes, idx, 48)
+            reg, marks, scores = self.onet(crops)
+            ok = scores > self.thresholds[2]
+            boxes, idx, reg, marks, scores = boxes[ok], idx[ok], reg[ok], marks[ok], scores[ok]
+            wh = boxes[:, 2:] - boxes[:, :2] + 1
+            points = torch.stack([wh[:, None, 0] * marks[:, :5] + boxes[:, None, 0] - 1,
+                                  wh[:, None, 1] * marks[:, 5:] + boxes[:, None, 1] - 1], -1)
+            boxes = _bbreg(boxes, reg)
+            keep = batched_nms(boxes, scores, idx, 0.7, mode="min", offset=1.0)
+            boxes, idx, points, scores = boxes[keep], idx[keep], points[keep], scores[keep]
+        else:
+            boxes, idx = boxes.reshape(0, 4), idx.reshape(0)
+        return [Detections(boxes[idx == i], scores[idx == i], points[idx == i]) for i in range(n)]
+
+    def candidates(self, images: Tensor, stages: Sequence[str] = ("pnet",)) -> Candidates:
+        """Every scored window with a differentiable face probability (the detector's "anchors").
+
+        ``"pnet"``: all P-Net cells at all pyramid scales (no threshold). ``"rnet"``: R-Net scores of
+        all stage-1 proposals; ``"onet"``: O-Net scores of all stage-2 proposals. Which windows exist
+        is decided without gradient; their scores are recomputed from ``images`` with gradient (crops
+        via :func:`area_crops`).
+
+        Example::
+            >>> c = model.candidates(x_adv, stages=("pnet", "onet"))
+            >>> loss = c.scores[c.scores > 0.5].log().mean()
+        """
+        bad = [s for s in stages if s not in STAGES]
+        if bad or not stages:
+            raise ValueError(f"stages: expected a non-empty subset of {STAGES}, got {tuple(stages)}")
+        x255 = self._prepare(images)
+        out = []
+        if "pnet" in stages:
+            for s in self.scales(*x255.shape[-2:]):
+                win, score, reg, idx = self._pnet_cells(x255, s)
+                wh = (win[:, 2:] - win[:, :2]).repeat(1, 2)
+                out.append((win, score, idx, 0, (win + reg * wh).detach()))
+        if "rnet" in stages or "onet" in stages:
+            with torch.no_grad():
+                boxes, _, idx = self._stage1(x255.detach())
+            if "rnet" in stages and len(boxes):
+                b, i, crops = self._crops(x255, boxes, idx, 24)
+                reg, score = self.rnet(crops)
+                out.append((b, score, i, 1, _bbreg(b, reg.detach())))
+            if "onet" in stages and len(boxes):
+                boxes, idx = self._stage2(x255.detach(), boxes, idx)
+                b, i, crops = self._crops(x255, boxes, idx, 48)
+                reg, _, score = self.onet(crops)
+                out.append((b, score, i, 2, _bbreg(b, reg.detach())))
+        if not out:
+            z = x255.new_zeros(0)
+            return Candidates(z.reshape(0, 4), z, z.long(), z.long(), z.reshape(0, 4))
+        return Candidates(torch.cat([o[0] for o in out]).detach(), torch.cat([o[1] for o in out]),
+                          torch.cat([o[2] for o in out]),
+                          torch.cat([torch.full_like(o[2], o[3]) for o in out]),
+                          torch.cat([o[4] for o in out]))
+
+    def forward(self, images: Tensor) -> Candidates:
+        """Same as ``candidates(images, stages=("pnet", "rnet", "onet"))``."""
+        return self.candidates(images, STAGES)
+
+
+def _default_weights_dir() -> str:
+    spec = importlib.util.find_spec("facenet_pytorch")   # locate only: importing it needs torchvision
+    if spec is None or not spec.submodule_search_locations:
+        raise LookupError("MTCNN weights: the facenet-pytorch data wheel is not installed "
+                          "(pip install --no-deps facenet-pytorch==2.6.0, or pass weights_dir=)")
+    return os.path.join(list(spec.submodule_search_locations)[0], "data")
+
+
+def load_mtcnn(weights_dir: Optional[str] = None, device="cpu", **kwargs) -> MTCNN:
+    """The pretrained MTCNN (facenet-pytorch 2.6 weights); ``kwargs`` go to :class:`MTCNN`.
+
+    Example::
+        >>> det = load_mtcnn().detect(x)
+    """
+    return MTCNN(device=device, weights_dir=weights_dir, **kwargs)
