@@ -72,6 +72,9 @@ _IMAGENET: Tuple[Sample, ...] = (
            "the cameraman's three-legged camera stand fills the crop (greyscale photo → RGB)"),
     Sample("motorcycle/disk-brake", "skimage.data.stereo_motorcycle", (476, 232, 712, 468), 535,
            "disc brake", "the motorcycle's front wheel with its brake disc and caliper in view"),
+    Sample("grace_hopper", "matplotlib:grace_hopper.jpg", None, 652, "military uniform",
+           "Rear Admiral Grace Hopper's portrait in US Navy dress uniform (insignia, medal ribbons): "
+           "the uniform, not the face, is the subject of the 1k class"),
 )
 
 # Photos looked at and left out, with the reason (no honest ImageNet-1k class).
@@ -90,6 +93,11 @@ LEFT_OUT = {
 
 def _source_array(source: str) -> np.ndarray:
     try:
+        if source.startswith("matplotlib:"):
+            import matplotlib.cbook
+
+            with matplotlib.cbook.get_sample_data(source.split(":", 1)[1]) as f:
+                return np.asarray(Image.open(f).convert("RGB"))
         if source.startswith("sklearn:"):
             from sklearn.datasets import load_sample_images
 
