@@ -1,0 +1,22 @@
+"""Models: the registry (``load``, ``names``, ``register``), the pure-torch architectures and the
+wrapper that owns normalisation and resizing.
+
+Example::
+
+    import patchbench as pb
+    model = pb.models.load("mobilenet_v2")          # eval-mode ImageClassifier, offline weights
+    print(pb.models.names())
+"""
+from .base import IMAGENET_MEAN, IMAGENET_STD, Classifier, ImageClassifier, Normalize
+from .efficientnet_lite import EfficientNetLite
+from .mobilenet_v2 import MobileNetV2
+from .small import FmnistCNNSmall, FmnistCNNWide, TinyCNN
+from .zoo import (ModelSpec, WeightSource, cache_dir, get_spec, imagenet_class_names, load, names,
+                  read_state_dict, register, resolve_weights)
+
+__all__ = [
+    "IMAGENET_MEAN", "IMAGENET_STD", "Classifier", "ImageClassifier", "Normalize",
+    "EfficientNetLite", "MobileNetV2", "FmnistCNNSmall", "FmnistCNNWide", "TinyCNN",
+    "ModelSpec", "WeightSource", "cache_dir", "get_spec", "imagenet_class_names", "load", "names",
+    "read_state_dict", "register", "resolve_weights",
+]

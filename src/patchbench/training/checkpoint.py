@@ -1,0 +1,150 @@
+"""Atomic, resumable training checkpoints.
+
+A checkpoint is one ``torch.save`` file holding ``{model, optimizer, scheduler, epoch, step, rng,
+config, extra}``. It is written to a temporary file in the same folder and moved into place with
+``os.replace`` (atomic on POSIX and Windows), so a run killed mid-write never leaves a truncated
+checkpoint: the previous one stays valid. Everything stored is loadable with
+``torch.load(weights_only=True)`` (tensors and plain Python values only).
+
+``rng`` holds the global torch CPU (and CUDA) generator states, Python's ``random`` and numpy's global
+states, plus any named ``torch.Generator`` the trainer uses (e.g. the data-shuffling one), so a resumed
+run draws the same random numbers as an uninterrupted one.
+
+Example::
+
+    save_checkpoint("run/last.ckpt", model=net, optimizer=opt, epoch=3, step=1407, config=cfg)
+    state = load_checkpoint("run/last.ckpt", model=net, optimizer=opt)   # state["epoch"] == 3
+"""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Dict, Mapping, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+CHECKPOINT_VERSION = 1
+
+
+def atomic_save(obj, path) -> Path:
+    """``torch.save(obj)`` to ``path`` via a temporary file + ``os.replace``; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)   # mkstemp creates 0600; give the usual file mode
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def save_weights(module: nn.Module, path) -> Path:
+    """Save only ``module``'s ``state_dict`` (float tensors as float32, on CPU), atomically."""
+    sd = {k: (v.detach().to("cpu", torch.float32) if v.is_floating_point() else v.detach().cpu())
+          for k, v in module.state_dict().items()}
+    return atomic_save(sd, path)
+
+
+def rng_state(generators: Optional[Mapping[str, torch.Generator]] = None) -> dict:
+    """Snapshot of every random number generator a training loop may touch."""
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": {"key": np_state[0], "pos": int(np_state[2]), "has_gauss": int(np_state[3]),
+                  "cached": float(np_state[4]), "state": torch.from_numpy(np_state[1].astype(np.int64))},
+        "generators": {k: g.get_state() for k, g in (generators or {}).items()},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict, generators: Optional[Mapping[str, torch.Generator]] = None) -> None:
+    """Inverse of :func:`rng_state`. Named generators missing from ``state`` raise ``KeyError``."""
+    torch.set_rng_state(state["torch"])
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state((n["key"], n["state"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    for k, g in (generators or {}).items():
+        if k not in state["generators"]:
+            raise KeyError(f"checkpoint has no state for generator {k!r}; it has "
+                           f"{sorted(state['generators'])}")
+        g.set_state(state["generators"][k])
+
+
+def save_checkpoint(path, *, model: nn.Module, epoch: int, step: int, config: Mapping,
+                    optimizer: Optional[torch.optim.Optimizer] = None, scheduler=None,
+                    generators: Optional[Mapping[str, torch.Generator]] = None,
+                    extra: Optional[Mapping] = None) -> Path:
+    """Write a full training checkpoint atomically.
+
+    Args:
+        path: destination file.
+        model: the module being trained (its ``state_dict``).
+        epoch: number of *finished* epochs.
+        step: number of finished optimiser steps.
+        config: the run's hyper-parameters (plain Python values); checked on resume.
+        optimizer, scheduler: saved when given (default ``None``).
+        generators: named ``torch.Generator`` objects to snapshot (default ``None``).
+        extra: anything else (plain values / tensors), e.g. per-epoch metrics (default ``None``).
+    """
+    obj = {
+        "version": CHECKPOINT_VERSION,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "epoch": int(epoch),
+        "step": int(step),
+        "rng": rng_state(generators),
+        "config": dict(config),
+        "extra": dict(extra or {}),
+    }
+    return atomic_save(obj, path)
+
+
+def load_checkpoint(path, *, model: Optional[nn.Module] = None,
+                    optimizer: Optional[torch.optim.Optimizer] = None, scheduler=None,
+                    generators: Optional[Mapping[str, torch.Generator]] = None,
+                    restore_rng: bool = True, map_location="cpu") -> Dict:
+    """Read a checkpoint written by :func:`save_checkpoint` and restore what is passed in.
+
+    Returns the raw dictionary (``epoch``, ``step``, ``config``, ``extra``, ...). A file that is not
+    such a checkpoint raises ``ValueError`` naming it.
+    """
+    path = Path(path)
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # noqa: BLE001 - torch raises many types for corrupt pickles
+        raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(obj, dict) or obj.get("version") != CHECKPOINT_VERSION or "model" not in obj:
+        raise ValueError(f"{path}: not a patchbench training checkpoint (version "
+                         f"{CHECKPOINT_VERSION} with a 'model' entry)")
+    if model is not None:
+        model.load_state_dict(obj["model"])
+    if optimizer is not None and obj["optimizer"] is not None:
+        optimizer.load_state_dict(obj["optimizer"])
+    if scheduler is not None and obj["scheduler"] is not None:
+        scheduler.load_state_dict(obj["scheduler"])
+    if restore_rng:
+        restore_rng_state(obj["rng"], generators)
+    return obj
