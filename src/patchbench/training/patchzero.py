@@ -1,0 +1,427 @@
+"""Two-stage adversarial training of PatchZero's pixel-level patch detector.
+
+Paper: Xu et al., "PatchZero: Defending against Adversarial Patch Attacks by Detecting and Zeroing the
+Patch", WACV 2023, §3.2–3.3 and §4.
+
+* Training data (§3.2): every attack image carries a patch of random size and location, made by an
+  attack drawn from MPGD / MAPGD / MCW, and its ground-truth mask; attack and benign images (all-zero
+  target mask) are mixed 1:1.
+* Loss (§3.2): PSPNet's — a main per-pixel cross-entropy plus two auxiliary terms (PSPNet weights the
+  auxiliary loss by 0.4; no class weighting, ``pos_weight = 1``). Adam (§4; the paper's lr 1e-4 is for
+  a pretrained PSPNet, a small U-Net trained from scratch uses 1e-3).
+* Stage 1 (§3.3): downstream-only (DO) attacks against the bare classifier. They do not depend on the
+  detector, so they are generated once and cached in ``out_dir/stage1_attacks.pt``.
+* Stage 2 (§3.3): BPDA adaptive attacks against ``Defended(classifier, PatchZero(detector,
+  gradient="bpda-sigmoid"))``, regenerated online at every step with the current detector weights.
+
+Checkpoints are written atomically after every epoch (``out_dir/train_state.pt``); a resumed run
+continues at the first unfinished epoch of the current stage. Every random draw comes from a generator
+seeded by ``(seed, stage, epoch)`` or ``(seed, chunk)``, so a resumed run draws the same numbers.
+
+Example::
+
+    cfg = PatchZeroTrainConfig(n_train=2000, epochs_stage1=6, epochs_stage2=2)
+    path = train_patchzero(cfg, "runs/patchzero")        # → runs/patchzero/patchzero_final.pt
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ..defenses.base import Defended
+from ..defenses.patchzero import PatchZero
+from ..metrics.segmentation import PixelConfusion
+
+_ATTACK_MODULES = {"masked-pgd": "masked_pgd", "masked-apgd": "masked_apgd", "masked-cw": "masked_cw"}
+
+
+@dataclass
+class PatchZeroTrainConfig:
+    """Everything that defines a PatchZero training run (also the TOML keys of ``--config FILE``).
+
+    Args:
+        dataset: ``"fashion-mnist"`` (U-Net detector, 28×28) or a folder of images (flat or one
+            sub-folder per class; MobileNetV2 segmenter at ``image_size``). Default "fashion-mnist".
+        classifier: ``patchbench.models.load`` name of the downstream model. Default "fmnist_cnn_small".
+        classifier_kwargs: extra arguments of ``models.load`` (e.g. ``{"channels": 1}``). Default {}.
+        n_train: training images. Default 2000.
+        image_size: side of the (square) images for a folder dataset. Default 224.
+        epochs_stage1, epochs_stage2: epochs of DO and of BPDA training. Default 6 and 2.
+        batch_size: attack images per step (plus as many benign ones). Default 32.
+        attacks: attacks to draw from per image. Default MPGD, MAPGD, MCW (§4.1).
+        attack_steps: iterations of the cached stage-1 attacks. Default 20.
+        adaptive_steps: iterations of the online stage-2 BPDA attacks. Default 10.
+        attack_kwargs: extra constructor arguments per attack name, e.g. ``{"masked-pgd": {"step": 0.05}}``.
+        area_min, area_max: patch area range (fraction of the image), uniform per image. Default 1–10%.
+        shape: patch shape. Default "square".
+        lr: Adam learning rate. Default 1e-3. aux_weight: weight of each auxiliary loss. Default 0.4.
+        pos_weight: BCE weight of patch pixels. Default 1.0 (PSPNet's unweighted loss).
+        dilation: mask dilation radius stored with the detector. Default 1.
+        unet_base: width of the U-Net. Default 16.
+        seed: seed of every random draw. Default 0. device: "cpu" or "cuda". Default "cpu".
+        num_threads: ``torch.set_num_threads`` for CPU runs (None = leave). progress: tqdm bars.
+    """
+
+    dataset: str = "fashion-mnist"
+    classifier: str = "fmnist_cnn_small"
+    classifier_kwargs: dict = field(default_factory=dict)
+    n_train: int = 2000
+    image_size: int = 224
+    epochs_stage1: int = 6
+    epochs_stage2: int = 2
+    batch_size: int = 32
+    attacks: Sequence[str] = ("masked-pgd", "masked-apgd", "masked-cw")
+    attack_steps: int = 20
+    adaptive_steps: int = 10
+    attack_kwargs: dict = field(default_factory=dict)
+    area_min: float = 0.01
+    area_max: float = 0.10
+    shape: str = "square"
+    lr: float = 1e-3
+    aux_weight: float = 0.4
+    pos_weight: float = 1.0
+    dilation: int = 1
+    unet_base: int = 16
+    seed: int = 0
+    device: str = "cpu"
+    num_threads: Optional[int] = None
+    progress: bool = True
+
+    def __post_init__(self):
+        self.attacks = tuple(self.attacks)
+        unknown = [a for a in self.attacks if a not in _ATTACK_MODULES]
+        if not self.attacks or unknown:
+            raise ValueError(f"attacks: expected names among {sorted(_ATTACK_MODULES)}, got "
+                             f"{list(self.attacks)}")
+        if not 0 < self.area_min <= self.area_max < 1:
+            raise ValueError(f"area_min/area_max: expected 0 < area_min <= area_max < 1, got "
+                             f"{self.area_min}, {self.area_max}")
+        for k in ("n_train", "batch_size", "attack_steps", "adaptive_steps", "unet_base", "image_size"):
+            if int(getattr(self, k)) < 1:
+                raise ValueError(f"{k}: expected an integer >= 1, got {getattr(self, k)!r}")
+        if self.epochs_stage1 < 0 or self.epochs_stage2 < 0 or self.epochs_stage1 + self.epochs_stage2 == 0:
+            raise ValueError("epochs_stage1/epochs_stage2: expected >= 0 each and at least one epoch")
+
+    def identity(self) -> dict:
+        """The fields a resumed run must share (not where it runs, nor the epoch counts, which a
+        resumed run may extend)."""
+        d = dataclasses.asdict(self)
+        for k in ("device", "num_threads", "progress", "epochs_stage1", "epochs_stage2"):
+            d.pop(k)
+        d["attacks"] = list(d["attacks"])
+        return d
+
+    @classmethod
+    def from_toml(cls, path) -> "PatchZeroTrainConfig":
+        """Read a TOML file: top-level keys or a ``[patchzero]`` table with the fields above."""
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+        data = data.get("patchzero", data)
+        names = {f.name for f in dataclasses.fields(cls)}
+        extra = sorted(set(data) - names - {"out_dir"})
+        if extra:
+            raise ValueError(f"{path}: unknown PatchZero config keys {extra}; valid: {sorted(names)}")
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+# ---------------------------------------------------------------------- data, models, attacks
+def _load_data(cfg: PatchZeroTrainConfig) -> Tensor:
+    """``n_train`` images as uint8 ``N×C×H×W`` (8-bit, so cached attack images and benign ones share
+    one quantisation and the detector cannot key on it)."""
+    if cfg.dataset == "fashion-mnist":
+        from ..data.fashion_mnist import load_fashion_mnist
+        x, _ = load_fashion_mnist("train", limit=cfg.n_train)
+    else:
+        from ..data.folders import ImageFolder, image_paths, read_image
+        try:
+            paths = [p for p, _ in ImageFolder(cfg.dataset).samples]
+        except ValueError:
+            paths = image_paths(cfg.dataset)
+        g = torch.Generator().manual_seed(cfg.seed)
+        pick = torch.randperm(len(paths), generator=g)[:cfg.n_train].sort().values
+        x = torch.stack([read_image(paths[int(i)], cfg.image_size) for i in pick])
+    return (x * 255).round().to(torch.uint8)
+
+
+def _new_detector(cfg: PatchZeroTrainConfig, channels: int, size: Tuple[int, int]) -> nn.Module:
+    with torch.random.fork_rng(devices=[]):   # the initial weights depend on the seed only
+        torch.manual_seed(cfg.seed)
+        return _build_detector(cfg, channels, size)
+
+
+def _build_detector(cfg: PatchZeroTrainConfig, channels: int, size: Tuple[int, int]) -> nn.Module:
+    if cfg.dataset == "fashion-mnist":
+        from ..data.fashion_mnist import FASHION_MNIST_MEAN, FASHION_MNIST_STD
+        from ..models.unet import UNet
+        return UNet(channels, base=cfg.unet_base, depth=2, mean=FASHION_MNIST_MEAN,
+                    std=FASHION_MNIST_STD, input_size=size)
+    from ..models.segmenter import MobileNetV2Segmenter
+    return MobileNetV2Segmenter(pretrained=True, input_size=size)
+
+
+def _fill(cfg: PatchZeroTrainConfig, channels: int) -> List[float]:
+    """PatchZero repaints with the dataset mean (§3.2)."""
+    if cfg.dataset == "fashion-mnist":
+        from ..data.fashion_mnist import FASHION_MNIST_MEAN
+        return list(FASHION_MNIST_MEAN)
+    from ..models.base import IMAGENET_MEAN
+    return list(IMAGENET_MEAN) if channels == 3 else [sum(IMAGENET_MEAN) / 3]
+
+
+def _attack(name: str, steps: int, kwargs: dict):
+    if name not in _ATTACK_MODULES:
+        raise LookupError(f"attack {name!r}: expected one of {sorted(_ATTACK_MODULES)}")
+    importlib.import_module(f"patchbench.attacks.{_ATTACK_MODULES[name]}")
+    from ..attacks.base import get
+    return get(name, steps=steps, **kwargs.get(name, {}))
+
+
+def _random_masks(x: Tensor, cfg: PatchZeroTrainConfig, g: torch.Generator) -> Tensor:
+    """One patch mask per image, each with its own area ~ U(area_min, area_max) and location."""
+    from ..patches import Threat
+    areas = torch.empty(x.shape[0]).uniform_(cfg.area_min, cfg.area_max, generator=g)
+    return torch.cat([Threat(area=float(a), shape=cfg.shape, placement="random")
+                      .masks(x[i:i + 1], generator=g) for i, a in enumerate(areas)]).to(x.device)
+
+
+def attack_batch(target, x: Tensor, y: Tensor, cfg: PatchZeroTrainConfig, steps: int,
+                 g: torch.Generator) -> Tuple[Tensor, Tensor]:
+    """Patch attack images and their masks: random area/location per image, attack drawn per image
+    from ``cfg.attacks`` (§3.2), all run against ``target`` (bare model: DO; ``Defended``: adaptive)."""
+    masks = _random_masks(x, cfg, g)
+    which = torch.randint(len(cfg.attacks), (x.shape[0],), generator=g).to(x.device)
+    x_adv = x.clone()
+    for k, name in enumerate(cfg.attacks):
+        rows = (which == k).nonzero()[:, 0]
+        if rows.numel():
+            res = _attack(name, steps, cfg.attack_kwargs).run(target, x[rows], y[rows], masks[rows], generator=g)
+            x_adv[rows] = res.x_adv.detach()
+    return x_adv, masks
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def stage1_attacks(cfg: PatchZeroTrainConfig, classifier, x: Tensor, y: Tensor, out_dir: Path,
+                   chunk: int = 256) -> Tuple[Tensor, Tensor]:
+    """DO attack images (uint8) and masks (bool) for every training image, cached in
+    ``out_dir/stage1_attacks.pt`` and saved after every chunk, so an interrupted run resumes."""
+    path = out_dir / "stage1_attacks.pt"
+    key = {k: v for k, v in cfg.identity().items() if k not in (
+        "lr", "aux_weight", "pos_weight", "dilation", "unet_base", "batch_size", "adaptive_steps")}
+    cache = torch.load(path, weights_only=True) if path.is_file() else None
+    if cache is None or cache["key"] != key:
+        cache = dict(key=key, done=0, x_adv=x.clone(), mask=torch.zeros(x.shape[0], 1, *x.shape[-2:],
+                                                                      dtype=torch.bool))
+    dev = torch.device(cfg.device)
+    n = x.shape[0]
+    bar = tqdm(total=n, initial=cache["done"], desc="stage 1: DO attacks", disable=not cfg.progress)
+    while cache["done"] < n:
+        s = cache["done"]
+        e = min(n, s + chunk)
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + s)
+        xb = x[s:e].to(dev).float() / 255
+        x_adv, m = attack_batch(classifier, xb, y[s:e].to(dev), cfg, cfg.attack_steps, g)
+        cache["x_adv"][s:e] = (x_adv * 255).round().to(torch.uint8).cpu()
+        cache["mask"][s:e] = (m > 0.5).cpu()
+        cache["done"] = e
+        _atomic_save(cache, path)
+        bar.update(e - s)
+    bar.close()
+    return cache["x_adv"], cache["mask"]
+
+
+# ---------------------------------------------------------------------- training
+def detector_loss(detector: nn.Module, x: Tensor, target: Tensor, cfg: PatchZeroTrainConfig
+                  ) -> Tuple[Tensor, Tensor]:
+    """PSPNet's loss (§3.2): main per-pixel BCE + ``aux_weight`` × each of the two auxiliary BCEs.
+    Returns ``(loss, main logits)``."""
+    main, aux = detector.forward_with_aux(x)
+    pw = torch.tensor(float(cfg.pos_weight), device=x.device)
+    loss = F.binary_cross_entropy_with_logits(main, target, pos_weight=pw)
+    for a in aux:
+        loss = loss + cfg.aux_weight * F.binary_cross_entropy_with_logits(a, target, pos_weight=pw)
+    return loss, main
+
+
+def _epoch(stage: int, epoch: int, detector, opt, classifier, x: Tensor, y: Tensor, cache,
+           cfg: PatchZeroTrainConfig, fill: List[float]) -> dict:
+    """One epoch: every image once as an attack image and once as a benign image (1:1, §3.2)."""
+    dev = torch.device(cfg.device)
+    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + stage * 10_007 + epoch)
+    n = x.shape[0]
+    perm, benign = torch.randperm(n, generator=g), torch.randperm(n, generator=g)
+    conf, total, steps = PixelConfusion(), 0.0, 0
+    bar = tqdm(range(0, n, cfg.batch_size), desc=f"stage {stage} epoch {epoch + 1}",
+               disable=not cfg.progress)
+    for s in bar:
+        idx, bidx = perm[s:s + cfg.batch_size], benign[s:s + cfg.batch_size]
+        if stage == 1:   # cached downstream-only attacks (§3.3, stage 1)
+            xa, ma = cache[0][idx].to(dev).float() / 255, cache[1][idx].to(dev).float()
+        else:            # online BPDA attack on the current detector (§3.3, stage 2)
+            target = Defended(classifier, PatchZero(detector, fill=fill, dilation=cfg.dilation,
+                                                    gradient="bpda-sigmoid")).eval()
+            xa, ma = attack_batch(target, x[idx].to(dev).float() / 255, y[idx].to(dev), cfg,
+                                  cfg.adaptive_steps, g)
+        xb = x[bidx].to(dev).float() / 255
+        inputs = torch.cat([xa, xb])
+        target_mask = torch.cat([ma, torch.zeros_like(ma[:xb.shape[0]])])
+        detector.train()
+        loss, logits = detector_loss(detector, inputs, target_mask, cfg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        conf.update(logits.detach() > 0, target_mask)
+        total += loss.item()
+        steps += 1
+        bar.set_postfix(loss=f"{total / steps:.4f}", f1=f"{conf.scores()['f1']:.3f}")
+    return dict(stage=stage, epoch=epoch + 1, loss=total / max(steps, 1), train_f1=conf.scores()["f1"])
+
+
+def train_patchzero(config: PatchZeroTrainConfig, out_dir, resume: bool = True) -> str:
+    """Train a PatchZero detector in two stages (§3.3) and return the final checkpoint's path.
+
+    Args:
+        config: a :class:`PatchZeroTrainConfig`.
+        out_dir: folder for the attack cache, ``train_state.pt`` (after every epoch),
+            ``patchzero_stage1.pt`` (the DO-trained detector) and ``patchzero_final.pt``.
+        resume: continue from ``train_state.pt`` when it exists (its config must match). Default True.
+
+    The checkpoints load with ``PatchZero.load(path)``.
+    """
+    cfg = config
+    if cfg.num_threads:
+        torch.set_num_threads(int(cfg.num_threads))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = torch.device(cfg.device)
+    from ..models import load as load_model
+    classifier = load_model(cfg.classifier, **cfg.classifier_kwargs).to(dev).eval().requires_grad_(False)
+    x = _load_data(cfg)
+    if x.shape[1] != classifier.channels:
+        raise ValueError(f"classifier {cfg.classifier!r} takes {classifier.channels}-channel images, "
+                         f"the dataset {cfg.dataset!r} has {x.shape[1]}")
+    # Untargeted attacks on the classifier's own prediction: works for unlabelled folders too.
+    y = torch.cat([classifier.predict(x[i:i + 256].to(dev).float() / 255)[0].cpu()
+                   for i in range(0, x.shape[0], 256)])
+    fill = _fill(cfg, x.shape[1])
+    detector = _new_detector(cfg, x.shape[1], tuple(x.shape[-2:])).to(dev)
+    opt = torch.optim.Adam(detector.parameters(), lr=cfg.lr)
+    state_path = out / "train_state.pt"
+    state = dict(stage=1, epoch=0, history=[])
+    if resume and state_path.is_file():
+        saved = torch.load(state_path, map_location=dev, weights_only=True)
+        if saved["config"] != cfg.identity():
+            raise ValueError(f"{out} holds a PatchZero run with a different config; use another "
+                             f"out_dir or resume=False")
+        detector.load_state_dict(saved["detector"])
+        opt.load_state_dict(saved["optimizer"])
+        state = dict(stage=saved["stage"], epoch=saved["epoch"], history=saved["history"])
+
+    def defense() -> PatchZero:
+        return PatchZero(detector, dilation=cfg.dilation, fill=fill)
+
+    for stage, epochs in ((1, cfg.epochs_stage1), (2, cfg.epochs_stage2)):
+        start = state["epoch"] if state["stage"] == stage else (0 if state["stage"] < stage else epochs)
+        cache = stage1_attacks(cfg, classifier, x, y, out) if stage == 1 and start < epochs else None
+        for epoch in range(start, epochs):
+            state["history"].append(_epoch(stage, epoch, detector, opt, classifier, x, y, cache,
+                                           cfg, fill))
+            if stage == 1 and epoch == epochs - 1:
+                defense().save(out / "patchzero_stage1.pt", config=dataclasses.asdict(cfg),
+                               history=state["history"])
+            state.update(stage=stage, epoch=epoch + 1)
+            _atomic_save(dict(config=cfg.identity(), stage=stage, epoch=epoch + 1,
+                              detector=detector.state_dict(), optimizer=opt.state_dict(),
+                              history=state["history"]), state_path)
+    return defense().save(out / "patchzero_final.pt", config=dataclasses.asdict(cfg),
+                          history=state["history"])
+
+
+def main_train_patchzero(argv: Optional[Sequence[str]] = None) -> int:
+    """``patchbench train patchzero --config FILE [--out DIR] [--device D] [--no-resume]``."""
+    p = argparse.ArgumentParser(prog="patchbench train patchzero",
+                                description="Two-stage PatchZero detector training (WACV 2023, §3.3)")
+    p.add_argument("--config", required=True, help="TOML file with PatchZeroTrainConfig fields")
+    p.add_argument("--out", default=None, help="output folder (default: out_dir in the config, "
+                                               "else runs/patchzero)")
+    p.add_argument("--device", default=None, help="override the config's device (cpu, cuda)")
+    p.add_argument("--no-resume", action="store_true", help="start over even if out holds a run")
+    a = p.parse_args(argv)
+    cfg = PatchZeroTrainConfig.from_toml(a.config)
+    if a.device:
+        cfg.device = a.device
+    with open(a.config, "rb") as f:
+        data = tomllib.load(f)
+    out = a.out or data.get("patchzero", data).get("out_dir", "runs/patchzero")
+    print(train_patchzero(cfg, out, resume=not a.no_resume))
+    return 0
+
+
+# ---------------------------------------------------------------------- evaluation (Tables 1, 2, 5)
+def evaluate_patchzero(defense: PatchZero, classifier, x: Tensor, y: Tensor, area: float = 0.05,
+                       attack: str = "masked-pgd", steps: int = 100, seed: int = 0,
+                       adaptive: Sequence[str] = ("bpda-sigmoid", "bpda-straight-through"),
+                       attack_kwargs: Optional[dict] = None) -> dict:
+    """PatchZero's evaluation (§4.1 Tables 1–2, §4.4 Table 5) on ``x, y``.
+
+    Accuracy rows: undefended, GT-mask oracle (the attack's true mask repainted with the fill — a
+    perfect detector) and PatchZero; under no attack, the downstream-only (DO) attack and each BPDA
+    adaptive attack in ``adaptive`` (``Defended(classifier, PatchZero(gradient=mode))``). Every
+    attack uses the same seed, hence the same square patch placements. Also: pixel precision /
+    recall / F1 of the detector's thresholded output (and F1 / recall of the dilated mask) on DO and
+    adaptive images, and the benign false-positive rates of the dilated mask.
+
+    Returns a flat dict of floats, e.g. ``acc_do_patchzero``, ``acc_do_gt_mask``, ``f1_do``,
+    ``acc_adaptive_patchzero`` (the worst over ``adaptive``), ``benign_image_fp_rate``.
+    """
+    from ..metrics.segmentation import benign_false_positives, pixel_scores
+    from ..patches import Threat
+    threat = Threat(area=area, shape="square", placement="random")
+    atk = _attack(attack, steps, attack_kwargs or {})
+    fill = defense.fill.to(x.device)
+
+    def acc(z: Tensor) -> float:
+        return float((classifier.predict(z)[0] == y).float().mean())
+
+    def rows(tag: str, res) -> dict:
+        oracle = res.x_adv * (1 - res.mask) + fill * res.mask
+        s = pixel_scores(defense.predict_mask(res.x_adv, dilated=False), res.mask)
+        s_dil = pixel_scores(defense.predict_mask(res.x_adv), res.mask)
+        with torch.no_grad():
+            purified = defense(res.x_adv)
+        return {f"acc_{tag}_undefended": acc(res.x_adv), f"acc_{tag}_gt_mask": acc(oracle),
+                f"acc_{tag}_patchzero": acc(purified), f"precision_{tag}": s["precision"],
+                f"recall_{tag}": s["recall"], f"f1_{tag}": s["f1"], f"f1_dilated_{tag}": s_dil["f1"],
+                f"recall_dilated_{tag}": s_dil["recall"], f"attack_success_{tag}": res.success_rate}
+
+    with torch.no_grad():
+        out = dict(acc_benign_undefended=acc(x), acc_benign_patchzero=acc(defense(x)))
+    fp = benign_false_positives(defense.predict_mask(x))
+    out.update(benign_image_fp_rate=fp["image_fp_rate"], benign_pixel_fp_rate=fp["pixel_fp_rate"])
+    out.update(rows("do", atk.run(classifier, x, y, threat, generator=seed)))
+    gradient = defense.gradient
+    for mode in adaptive:
+        defense.gradient = mode
+        try:
+            res = atk.run(Defended(classifier, defense), x, y, threat, generator=seed)
+        finally:
+            defense.gradient = gradient
+        out.update(rows(mode, res))
+    if adaptive:
+        out["acc_adaptive_patchzero"] = min(out[f"acc_{m}_patchzero"] for m in adaptive)
+    return out
