@@ -12,12 +12,13 @@ from .efficientnet_lite import EfficientNetLite
 from .mobilenet_v2 import MobileNetV2
 from .mtcnn import MTCNN, load_mtcnn
 from .small import FmnistCNNSmall, FmnistCNNWide, TinyCNN
+from .small_extra import FmnistResNet  # registers "fmnist_resnet" (the held-out model)
 from .zoo import (ModelSpec, WeightSource, cache_dir, get_spec, imagenet_class_names, load, names,
                   read_state_dict, register, resolve_weights)
 
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "Classifier", "ImageClassifier", "Normalize",
-    "EfficientNetLite", "MobileNetV2", "MTCNN", "load_mtcnn", "FmnistCNNSmall", "FmnistCNNWide", "TinyCNN",
+    "EfficientNetLite", "MobileNetV2", "MTCNN", "load_mtcnn", "FmnistCNNSmall", "FmnistCNNWide", "FmnistResNet", "TinyCNN",
     "ModelSpec", "WeightSource", "cache_dir", "get_spec", "imagenet_class_names", "load", "names",
     "read_state_dict", "register", "resolve_weights",
 ]

@@ -1,0 +1,226 @@
+"""Evaluating defensive patches: accuracy with the patch vs without vs a random patch, under common
+corruptions and adversarial noise, on the models the patch was trained on and on held-out models.
+
+The claim to test (Wang et al. CVPR 2022, abstract): defensive patches improve accuracy by 20+ points
+on average for both corruption and adversarial robustness, and transfer across models. The setting
+is the defender's (``defensive-patch-notes.md``): the patch of the object's true class is stuck on
+it *before* the noise, so a corruption degrades the patch too, and the adversary perturbs the
+patched image — the patch included — with FGSM (Goodfellow et al. 2015) or PGD-L∞ (Madry et al. 2018,
+Eq. 2; white-box against the evaluated model). The random control (uniform noise in the same mask)
+separates "a class-specific pattern helps" from "covering part of the image changes things".
+
+Rows (one per model × patch × noise × severity): ``model``, ``held_out``, ``patch`` ("none" |
+"defensive" | "random"), ``noise`` (a corruption name, "clean", "fgsm" or "pgd"), ``family``,
+``severity`` (1–5, or ε for adversarial noise, 0 for clean), ``n``, ``acc``, ``lo``, ``hi`` (95 %
+Wilson interval).
+
+Example::
+
+    rows = evaluate_defensive_patch({"small": m1, "resnet": m3}, x, y, patch, held_out={"resnet"})
+    summary = summarize(rows)
+"""
+from __future__ import annotations
+
+from typing import Dict, Iterable, List, Optional, Sequence
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .._validation import check_images, check_labels
+from ..attacks.masked_pgd import MaskedPGD
+from ..corruptions import CORRUPTIONS, corrupt, family
+from ..metrics.classification import Rate, predict_labels
+from .apply import DefensivePatch, apply_defensive_patch, random_patch_like
+
+EPSILONS = (2 / 255, 4 / 255, 8 / 255)
+PATCHES = ("none", "defensive", "random")
+
+
+def _row(model_name, held_out, patch, noise, severity, pred, y) -> dict:
+    r = Rate.of(int((pred == y).sum()), int(y.numel()))
+    fam = "clean" if noise == "clean" else ("adversarial" if noise in ("fgsm", "pgd") else family(noise))
+    return {"model": model_name, "held_out": bool(held_out), "patch": patch, "noise": noise,
+            "family": fam, "severity": severity, "n": r.n, "acc": r.value, "lo": r.lo, "hi": r.hi}
+
+
+def patched_variants(x: Tensor, y: Tensor, patch: DefensivePatch, seed: int = 0) -> Dict[str, Tensor]:
+    """``{"none": x, "defensive": x with its class patch, "random": x with the random control}``."""
+    control = random_patch_like(patch, generator=seed + 1)
+    return {"none": x, "defensive": apply_defensive_patch(x, y, patch),
+            "random": apply_defensive_patch(x, y, control)}
+
+
+def adversarial_images(model, x: Tensor, y: Tensor, attack: str, eps: float, steps: int = 10,
+                       seed: int = 0) -> Tensor:
+    """FGSM (one step of size ε, no random start) or PGD-L∞ (``steps`` steps of ε/4 from a random
+    start) over the *whole* image — patch included — against ``model`` (white-box)."""
+    full = torch.ones(1, 1, *x.shape[-2:], device=x.device)
+    if attack == "fgsm":
+        atk = MaskedPGD(eps=eps, step=eps, steps=1, random_start=False)
+    elif attack == "pgd":
+        atk = MaskedPGD(eps=eps, step=eps / 4, steps=steps, random_start=True)
+    else:
+        raise LookupError(f"adversarial noise: expected 'fgsm' or 'pgd', got {attack!r}")
+    return atk.run(model, x, y, full, generator=seed).x_adv
+
+
+def evaluate_defensive_patch(models: Dict[str, object], x: Tensor, y, patch: DefensivePatch, *,
+                             held_out: Iterable[str] = (), corruptions: Sequence[str] = CORRUPTIONS,
+                             severities: Sequence[int] = (1, 2, 3, 4, 5),
+                             epsilons: Sequence[float] = EPSILONS, pgd_steps: int = 10,
+                             n_adv: Optional[int] = None, batch_size: int = 250, seed: int = 0,
+                             progress: bool = True) -> List[dict]:
+    """Accuracy of every model on ``x`` without / with the defensive / with a random patch, clean,
+    under each corruption × severity and under FGSM / PGD-L∞ at each ε.
+
+    Args:
+        models: name → classifier (``N×C×H×W`` in [0, 1] → logits); all must match ``patch``'s classes.
+        x: ``N×C×H×W`` test images in [0, 1]; y: ``N`` true labels (they pick the patch).
+        patch: the :class:`DefensivePatch` under test.
+        held_out: names of models the patch was *not* trained on.
+        corruptions: corruption names (default all of :data:`patchbench.corruptions.CORRUPTIONS`).
+        severities: default 1–5. epsilons: L∞ budgets (default 2/255, 4/255, 8/255; empty = none).
+        pgd_steps: PGD iterations (default 10). n_adv: attack only the first ``n_adv`` images (default
+            all; attacks cost ``pgd_steps`` forward+backward passes each).
+        batch_size: images per attack/predict batch (default 250).
+        seed: corruption and attack seed (default 0). progress: tqdm bar (default True).
+
+    Returns:
+        A list of row dicts (see the module doc).
+    """
+    x = check_images(x, "evaluate_defensive_patch: x")
+    y = check_labels(y, x.shape[0], len(patch.classes), name="evaluate_defensive_patch: y").to(x.device)
+    for m in models.values():
+        patch.check_model(m)
+    held = set(held_out)
+    unknown = held - set(models)
+    if unknown:
+        raise ValueError(f"held_out names {sorted(unknown)} are not among the models {sorted(models)}")
+    variants = patched_variants(x, y, patch, seed)
+    rows: List[dict] = []
+    total = len(PATCHES) * (1 + len(corruptions) * len(severities)) + \
+        len(PATCHES) * len(models) * 2 * len(epsilons)
+    bar = tqdm(total=total, desc="defensive patch eval", disable=not progress, leave=False)
+
+    def score(xs, kind, noise, sev, names=None):
+        for name in names or models:
+            rows.append(_row(name, name in held, kind, noise, sev,
+                             predict_labels(models[name], xs, batch_size), y))
+
+    for kind, xv in variants.items():
+        score(xv, kind, "clean", 0)
+        bar.update(1)
+        for c in corruptions:
+            for s in severities:
+                score(corrupt(xv, c, int(s), generator=seed), kind, c, int(s))
+                bar.update(1)
+        xa, ya = xv[:n_adv], y[:n_adv]
+        for name, model in models.items():
+            for attack in ("fgsm", "pgd"):
+                for eps in epsilons:
+                    adv = torch.cat([adversarial_images(model, xa[i:i + batch_size], ya[i:i + batch_size],
+                                                        attack, float(eps), pgd_steps, seed)
+                                     for i in range(0, len(xa), batch_size)])
+                    rows.append(_row(name, name in held, kind, attack, round(float(eps), 6),
+                                     predict_labels(model, adv, batch_size), ya))
+                    bar.update(1)
+    bar.close()
+    return rows
+
+
+def _mean(vals: List[float]) -> float:
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
+def summarize(rows: Sequence[dict], severities: Sequence[int] = (3, 4, 5),
+              pgd_eps: float = 4 / 255) -> List[dict]:
+    """Per model: clean accuracy, mean corruption accuracy at ``severities`` (default 3–5, over all
+    corruptions) and PGD accuracy at ``pgd_eps``, for each patch, plus the gains of the defensive and
+    random patches over no patch (in accuracy points ×100)."""
+    out = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == model]
+        s = {"model": model, "held_out": mine[0]["held_out"]}
+        for kind in PATCHES:
+            k = [r for r in mine if r["patch"] == kind]
+            s[f"clean_{kind}"] = _mean([r["acc"] for r in k if r["noise"] == "clean"])
+            s[f"corr_{kind}"] = _mean([r["acc"] for r in k if r["family"] not in ("clean", "adversarial")
+                                       and r["severity"] in severities])
+            s[f"pgd_{kind}"] = _mean([r["acc"] for r in k if r["noise"] == "pgd"
+                                      and abs(r["severity"] - pgd_eps) < 1e-6])
+        for kind in ("defensive", "random"):
+            for what in ("corr", "pgd"):
+                s[f"{what}_gain_{kind}"] = 100 * (s[f"{what}_{kind}"] - s[f"{what}_none"])
+        out.append(s)
+    return out
+
+
+def family_table(rows: Sequence[dict], fam: str, severities: Sequence = (1, 2, 3, 4, 5)) -> List[dict]:
+    """Mean accuracy over the corruptions of ``fam`` (or over FGSM/PGD for "adversarial", with ε as
+    the columns), one row per model × patch × (attack) and one column per severity."""
+    out = []
+    keys = dict.fromkeys((r["model"], r["held_out"], r["patch"], r["noise"] if fam == "adversarial"
+                          else fam) for r in rows if r["family"] == fam)
+    for model, held, kind, noise in keys:
+        row = {"model": model, "held out": "yes" if held else "no", "patch": kind, "noise": noise}
+        for s in severities:
+            vals = [r["acc"] for r in rows if r["model"] == model and r["patch"] == kind and
+                    r["family"] == fam and abs(r["severity"] - s) < 1e-6 and
+                    (fam != "adversarial" or r["noise"] == noise)]
+            row[f"{s * 255:.0f}/255" if fam == "adversarial" else f"sev {s}"] = _mean(vals)
+        out.append(row)
+    return out
+
+
+def severity_plot(rows: Sequence[dict], title: str = ""):
+    """Matplotlib figure: accuracy vs corruption severity (mean over corruptions), one line per
+    model × patch (solid: defensive, dashed: none, dotted: random)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    styles = {"defensive": "-", "none": "--", "random": ":"}
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, model in enumerate(models):
+        for kind, ls in styles.items():
+            pts = []
+            for s in range(0, 6):
+                fam_ok = (lambda r: r["noise"] == "clean") if s == 0 else \
+                    (lambda r: r["family"] not in ("clean", "adversarial") and r["severity"] == s)
+                vals = [r["acc"] for r in rows if r["model"] == model and r["patch"] == kind and fam_ok(r)]
+                pts.append(_mean(vals))
+            held = " (held out)" if any(r["held_out"] for r in rows if r["model"] == model) else ""
+            ax.plot(range(6), pts, ls, color=colors[i % len(colors)], marker="o", ms=3,
+                    label=f"{model}{held}: {kind}")
+    ax.set_xlabel("corruption severity (0 = clean)")
+    ax.set_ylabel("accuracy (mean over corruptions)")
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    return fig
+
+
+def gallery_items(x: Tensor, y: Tensor, patch: DefensivePatch, corruption: str = "gaussian_noise",
+                  severity: int = 3, n: int = 4, seed: int = 0, class_names: Optional[Sequence[str]] = None):
+    """Report gallery: for ``n`` images, clean / patched / corrupted / corrupted+patched / control."""
+    from ..bench.report import GalleryItem
+
+    x, y = x[:n], y[:n]
+    v = patched_variants(x, y, patch, seed)
+    items = []
+    for i in range(len(x)):
+        name = class_names[int(y[i])] if class_names else str(int(y[i]))
+        for kind, xs, tag in (("none", v["none"], "clean"), ("defensive", v["defensive"], "patched"),
+                              ("none", corrupt(v["none"][i:i + 1], corruption, severity, seed), corruption),
+                              ("defensive", corrupt(v["defensive"][i:i + 1], corruption, severity, seed),
+                               f"patched + {corruption}"),
+                              ("random", corrupt(v["random"][i:i + 1], corruption, severity, seed),
+                               f"random patch + {corruption}")):
+            img = xs[i] if xs.shape[0] == len(x) else xs[0]
+            items.append(GalleryItem(img, f"{name}: {tag}" + (f" (sev {severity})" if tag != "clean"
+                                                              and tag != "patched" else "")))
+    return items
