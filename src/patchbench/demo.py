@@ -41,11 +41,37 @@ def _row(model_name, dataset, attack, area, n, clean, robust, **extra) -> dict:
     return r
 
 
-def _attack_imagenet(model, x, y, names, rep: Report, rows: List[dict], prog: _Progress,
-                     steps: int, uni_steps: int, device, seed: int) -> None:
+def _masked_pgd_rows(model, model_name: str, dataset: str, x, y, rep: Report, rows: List[dict],
+                     prog: _Progress, steps: int, seed: int, show: int, min_side: int) -> None:
+    """Masked PGD at every demo area: one results row and one gallery (clean / patched / mask) each."""
     from . import attacks
     from .metrics.classification import accuracy, success_rate
     from .patches import Threat
+
+    pred, conf = model.predict(x)
+    clean = accuracy(pred, y)
+    g = torch.Generator().manual_seed(seed)
+    for area in AREAS:
+        threat = Threat(area=area, shape="square", placement="random")
+        res = attacks.MaskedPGD(steps=steps).run(model, x, y, threat, generator=g)
+        p_adv, c_adv = model.predict(res.x_adv)
+        robust = accuracy(p_adv, y)
+        asr = success_rate(pred, p_adv, y)
+        rows.append(_row(model_name, dataset, "masked-pgd", area, x.shape[0], clean, robust,
+                         asr=asr.value, steps=steps, universal=False))
+        prog.step(f"{model_name} masked PGD {area:.0%}: robust accuracy {robust}")
+        items = []
+        for i in range(min(show, x.shape[0])):
+            items += [GalleryItem(x[i], "clean: " + _caption(model, pred[i], conf[i], y[i])),
+                      GalleryItem(res.x_adv[i], "patched: " + _caption(model, p_adv[i], c_adv[i], y[i])),
+                      GalleryItem(res.mask[i], "mask")]
+        rep.heading(f"Masked PGD, {area:.0%} square patch, {steps} iterations", 3)
+        rep.gallery(items, columns=6, min_side=min_side)
+
+
+def _attack_imagenet(model, x, y, names, rep: Report, rows: List[dict], prog: _Progress,
+                     steps: int, uni_steps: int, device, seed: int) -> None:
+    from .metrics.classification import accuracy
 
     pred, conf = model.predict(x)
     clean = accuracy(pred, y)
@@ -56,23 +82,8 @@ def _attack_imagenet(model, x, y, names, rep: Report, rows: List[dict], prog: _P
     rep.paragraph(f"Clean accuracy {clean}. Labels are human-chosen from the image content "
                   "(patchbench.data.samples, see sample_info for each reason).")
     rep.gallery(gallery, columns=min(6, len(gallery)))
-    g = torch.Generator().manual_seed(seed)
-    for area in AREAS:
-        threat = Threat(area=area, shape="square", placement="random")
-        res = attacks.MaskedPGD(steps=steps).run(model, x, y, threat, generator=g)
-        p_adv, c_adv = model.predict(res.x_adv)
-        robust = accuracy(p_adv, y)
-        asr = success_rate(pred, p_adv, y)
-        rows.append(_row("mobilenet_v2", "real-photos", "masked-pgd", area, x.shape[0], clean, robust,
-                         asr=asr.value, steps=steps, universal=False))
-        prog.step(f"masked PGD {area:.0%}: robust accuracy {robust}")
-        items = []
-        for i in range(x.shape[0]):
-            items += [GalleryItem(x[i], "clean: " + _caption(model, pred[i], conf[i], y[i])),
-                      GalleryItem(res.x_adv[i], "patched: " + _caption(model, p_adv[i], c_adv[i], y[i])),
-                      GalleryItem(res.mask[i], "mask")]
-        rep.heading(f"Masked PGD, {area:.0%} square patch, {steps} iterations", 3)
-        rep.gallery(items, columns=6)
+    _masked_pgd_rows(model, "mobilenet_v2", "real-photos", x, y, rep, rows, prog, steps, seed,
+                     show=x.shape[0], min_side=128)
     _universal_imagenet(model, x, y, rep, rows, prog, uni_steps, seed)
 
 
@@ -132,33 +143,15 @@ def _universal_imagenet(model, x, y, rep, rows, prog, epochs: int, seed: int) ->
 
 def _attack_fmnist(rep: Report, rows: List[dict], prog: _Progress, n: int, steps: int,
                    seed: int, device) -> None:
-    from . import attacks, models
+    from . import models
     from .data.fashion_mnist import load_fashion_mnist
-    from .metrics.classification import accuracy, success_rate
-    from .patches import Threat
 
-    x, y = load_fashion_mnist("test")
-    x, y = x[:n].to(device), y[:n].to(device)
+    x, y = load_fashion_mnist("test", limit=n)
+    x, y = x.to(device), y.to(device)
     model = models.load("fmnist_cnn_small", device=device)
-    pred = model.predict(x)[0]
-    clean = accuracy(pred, y)
     rep.heading(f"Fashion-MNIST CNN ({n} test images)")
-    g = torch.Generator().manual_seed(seed)
-    for area in AREAS:
-        threat = Threat(area=area, shape="square", placement="random")
-        res = attacks.MaskedPGD(steps=steps).run(model, x, y, threat, generator=g)
-        p_adv, c_adv = model.predict(res.x_adv)
-        robust = accuracy(p_adv, y)
-        asr = success_rate(pred, p_adv, y)
-        rows.append(_row("fmnist_cnn_small", "fashion-mnist", "masked-pgd", area, n, clean, robust,
-                         asr=asr.value, steps=steps, universal=False))
-        prog.step(f"Fashion-MNIST masked PGD {area:.0%}: robust accuracy {robust}")
-        items = []
-        for i in range(6):
-            items += [GalleryItem(x[i], "clean: " + _caption(model, pred[i], 1.0, y[i])),
-                      GalleryItem(res.x_adv[i], "patched: " + _caption(model, p_adv[i], c_adv[i], y[i]))]
-        rep.heading(f"Masked PGD, {area:.0%} patch", 3)
-        rep.gallery(items, columns=6, min_side=112)
+    _masked_pgd_rows(model, "fmnist_cnn_small", "fashion-mnist", x, y, rep, rows, prog, steps, seed,
+                     show=6, min_side=112)
 
 
 def _summary_table(rep: Report, rows: List[dict]) -> None:
@@ -176,7 +169,7 @@ def run_demo(out_dir="reports/demo", quick: bool = False, seed: int = 0, device=
     torch.manual_seed(seed)
     out = Path(out_dir)
     steps = 20 if quick else 100
-    uni_epochs = 15 if quick else 100
+    uni_epochs = 10 if quick else 60
     fm_n = 100 if quick else 500
     have_fm = _fashion_mnist_available()
     prog = _Progress(1 + 2 * len(AREAS) + (len(AREAS) if have_fm else 0) + 1)
