@@ -79,6 +79,8 @@ def evaluate(model, x: Tensor, y: Tensor, attack=None, defense=None, threat=None
         # found, which would switch the classifier's dropout/batch-norm to training afterwards
         defended = Defended(model, defense).eval()
     oracle = hasattr(defense, "set_mask")
+    if oracle:   # the oracle's mask covers all N images: classify them in one batch
+        batch_size = x.shape[0]
     if threat is None:
         from .patches import Threat
         threat = Threat(area=0.05)
