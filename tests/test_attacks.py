@@ -141,6 +141,21 @@ def test_restarts_only_help_and_rerun_unsuccessful_images(model, data):
     assert 1 <= three.info["restarts_run"] <= 3
 
 
+def test_early_stop_keeps_per_image_success_and_stops_once_all_are_fooled(model, data):
+    x, y = data
+    full_image = torch.ones(len(x), 1, 32, 32)            # every image gets fooled early
+    full = MaskedPGD(steps=40, step=0.05).run(model, x, y, full_image, generator=0)
+    early = MaskedPGD(steps=40, step=0.05, early_stop=True).run(model, x, y, full_image, generator=0)
+    assert torch.equal(early.success, full.success) and bool(full.success.all())
+    assert len(early.history) < len(full.history) == 41
+    small = box_mask(len(x), 0, 0, 5)                     # some images survive: same success, all steps
+    full = MaskedPGD(steps=20, step=0.05).run(model, x, y, small, generator=0)
+    early = MaskedPGD(steps=20, step=0.05, early_stop=True).run(model, x, y, small, generator=0)
+    assert torch.equal(early.success, full.success)
+    if not bool(full.success.all()):
+        assert len(early.history) == len(full.history)
+
+
 def test_pgd_respects_the_linf_budget_inside_the_mask(model, data):
     x, y = data
     res = MaskedPGD(eps=0.1, step=0.05, steps=5).run(model, x, y, Threat(area=0.2), generator=0)
