@@ -175,10 +175,10 @@ def run_demo(out_dir="reports/demo", quick: bool = False, seed: int = 0, device=
     prog = _Progress(1 + 2 * len(AREAS) + (len(AREAS) if have_fm else 0) + 1)
     rep = Report("patchbench demo — physical patches against real models")
     rep.paragraph("Everything here ran offline on real pretrained weights and real photos. Masked PGD: "
-                  "per-image patch, ε=1.0, step 0.01, up to 100 iterations (PatchZero §4.1; a batch stops "
-                  "early once every image is fooled, which leaves each image's success unchanged); universal: one patch for all "
-                  "images, trained with expectation over placements and transforms (Brown et al. 2017).",
-                  "note")
+                  "per-image patch, ε=1.0, step 0.01, up to 100 iterations (PatchZero §4.1; a batch "
+                  "stops early once every image is fooled, which leaves each image's success "
+                  "unchanged); universal: one patch for all images, trained with expectation over "
+                  "placements and transforms (Brown et al. 2017).", "note")
     rows: List[dict] = []
     model = models.load("mobilenet_v2", device=device)
     x, y = data.samples("imagenet", device=device)
