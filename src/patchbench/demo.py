@@ -115,8 +115,8 @@ def _universal_imagenet(model, x, y, rep, rows, prog, epochs: int, seed: int) ->
     idx = torch.arange(n)
     train, held = idx[idx % 2 == 0], idx[idx % 2 == 1]
     g = torch.Generator().manual_seed(seed)
-    x_train = _augment(x[train], 3, g)
-    y_train = y[train].repeat(3)
+    x_train = _augment(x[train], 2, g)
+    y_train = y[train].repeat(2)
     for area in AREAS:
         threat = Threat(area=area, shape="circle", placement="random")
         atk = attacks.UniversalPatch(epochs=epochs, batch_size=x_train.shape[0], lr=0.05,
@@ -169,7 +169,7 @@ def run_demo(out_dir="reports/demo", quick: bool = False, seed: int = 0, device=
     torch.manual_seed(seed)
     out = Path(out_dir)
     steps = 20 if quick else 100
-    uni_epochs = 10 if quick else 50
+    uni_epochs = 5 if quick else 30
     fm_n = 100 if quick else 500
     have_fm = _fashion_mnist_available()
     prog = _Progress(1 + 2 * len(AREAS) + (len(AREAS) if have_fm else 0) + 1)
