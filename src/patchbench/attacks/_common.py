@@ -212,3 +212,17 @@ def with_restarts(n: int, device, restarts: int, attempt) -> Tuple[BestIterate, 
         else:
             best.merge(idx, run_best)
     return best, history
+
+
+def per_image_result(model, x: Tensor, mask: Tensor, target: Optional[Tensor], restarts: int,
+                     attempt):
+    """Run ``attempt`` with restarts on the frozen model and package the best iterates as the
+    :class:`AttackResult` of a per-image attack (the patch is the adversarial image inside the mask)."""
+    from .base import AttackResult
+
+    with frozen(model):
+        best, history = with_restarts(x.shape[0], x.device, restarts, attempt)
+    x_adv = best.x
+    return AttackResult(x_adv=x_adv, patch=x_adv * mask, mask=mask, success=best.success.clone(),
+                        history=torch.cat(history).tolist(),
+                        info=result_info(best, target, restarts_run=len(history)))

@@ -13,8 +13,7 @@ import torch
 from torch import Tensor
 
 from .._validation import check_positive_int
-from ._common import (BestIterate, frozen, objective, prepare, result_info, threat_mask,
-                      uniform, with_restarts)
+from ._common import BestIterate, objective, per_image_result, prepare, threat_mask, uniform
 from .base import AttackResult, PatchAttack, register
 
 _TANH_EDGE = 1 - 1e-6   # atanh(±1) is infinite: start a hair inside the box
@@ -109,9 +108,4 @@ class MaskedCW(PatchAttack):
                               lambda z: objective("cw", z, ys, ts, kappa=float(self.confidence)),
                               float(self.l2_weight))
 
-        with frozen(model):
-            best, history = with_restarts(x.shape[0], x.device, int(self.restarts), attempt)
-        x_adv = best.x
-        return AttackResult(x_adv=x_adv, patch=x_adv * mask, mask=mask, success=best.success.clone(),
-                            history=torch.cat(history).tolist(),
-                            info=result_info(best, target, restarts_run=len(history)))
+        return per_image_result(model, x, mask, target, int(self.restarts), attempt)

@@ -12,8 +12,8 @@ import torch
 from torch import Tensor
 
 from .._validation import check_positive_int
-from ._common import (BestIterate, box, check_budget, check_loss, frozen, objective, prepare,
-                      result_info, threat_mask, uniform, with_restarts)
+from ._common import (BestIterate, box, check_budget, check_loss, objective, per_image_result,
+                      prepare, threat_mask, uniform)
 from .base import AttackResult, PatchAttack, register
 
 
@@ -113,9 +113,4 @@ class MaskedPGD(PatchAttack):
             return sign_ascent(model, x0, los, his, step_m[idx], int(self.steps),
                                lambda z: objective(self.loss, z, ys, ts), bool(self.early_stop))
 
-        with frozen(model):
-            best, history = with_restarts(x.shape[0], x.device, int(self.restarts), attempt)
-        x_adv = best.x
-        return AttackResult(x_adv=x_adv, patch=x_adv * mask, mask=mask, success=best.success.clone(),
-                            history=torch.cat(history).tolist(),
-                            info=result_info(best, target, restarts_run=len(history)))
+        return per_image_result(model, x, mask, target, int(self.restarts), attempt)
