@@ -5,7 +5,6 @@ then the defended model's accuracy on the adversarial images.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 import torch
 from torch import Tensor
@@ -66,7 +65,6 @@ def evaluate(model, x: Tensor, y: Tensor, attack=None, defense=None, threat=None
             the bare model.
         generator: seed or ``torch.Generator`` for placements and random starts.
     """
-    from .metrics.classification import accuracy, attack_success_rate  # noqa: F401 (lazy import)
     from .metrics import classification as M
 
     x = check_images(x, "x")

@@ -144,8 +144,7 @@ def load_training_data(config: DefensivePatchConfig) -> Tuple[Tensor, Tensor]:
 
 
 def load_models(names: Sequence[str], device="cpu") -> list:
-    """Registered models by name, in eval mode (``fmnist_resnet`` registered on the way)."""
-    from ..models import small_extra  # noqa: F401  (registers "fmnist_resnet")
+    """Registered models by name, in eval mode."""
     from ..models import zoo
     return [zoo.load(n, device=device) for n in names]
 
