@@ -55,3 +55,17 @@ def test_attack_command_writes_report_and_adversarial_images(tmp_path):
     assert rows[0]["n"] == 4 and 0.0 <= rows[0]["success_rate"] <= 1.0
     assert (out / "index.html").read_text().startswith("<!doctype html>")
     assert len(list((out / "adversarial").glob("*.png"))) == 4
+
+
+@pytest.mark.parametrize("argv, flag", [(["train", "classifier", "--help"], "--arch"),
+                                        (["evaluate", "--preset", "defenses", "--help"], "--steps")])
+def test_help_of_a_training_target_or_preset_is_its_own(argv, flag, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 0
+    assert flag in capsys.readouterr().out
+
+
+def test_train_without_a_target_prints_the_targets_and_fails(capsys):
+    assert main(["train"]) == 2
+    assert "patchzero" in capsys.readouterr().out

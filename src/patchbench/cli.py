@@ -25,6 +25,9 @@ def _cmd_attack(args) -> int:
 
 def _cmd_train(args, rest: List[str]) -> int:
     what = args.what
+    if what is None:                      # `patchbench train [--help]`: the targets' own help is theirs
+        args.parser.print_help()
+        return 0 if {"-h", "--help"} & set(rest) else 2
     if what == "classifier":
         from .training.classifier import main_train_classifier as fn
     elif what == "patchzero":
@@ -42,7 +45,8 @@ def _cmd_evaluate(args, rest: List[str]) -> int:
     from .presets import run_preset
 
     if not args.preset:
-        raise SystemExit("patchbench evaluate: give --preset NAME (see --help)")
+        args.parser.print_help()
+        return 0 if {"-h", "--help"} & set(rest) else 2
     run_preset(args.preset, out_dir=args.out, argv=rest)
     return 0
 
@@ -72,15 +76,18 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--device", default="cpu")
     a.set_defaults(func=_cmd_attack)
 
-    t = sub.add_parser("train", help="train a model/detector/patch (options after the target)")
-    t.add_argument("what", choices=["classifier", "patchzero", "defensive-patch", "face-patch"])
-    t.set_defaults(func=_cmd_train, takes_rest=True)
+    # add_help=False: `patchbench train classifier --help` reaches the target's own parser.
+    t = sub.add_parser("train", add_help=False,
+                       help="train a model/detector/patch (options after the target; TARGET --help)")
+    t.add_argument("what", nargs="?", choices=["classifier", "patchzero", "defensive-patch", "face-patch"])
+    t.set_defaults(func=_cmd_train, takes_rest=True, parser=t)
 
-    e = sub.add_parser("evaluate", help="run an evaluation preset end to end")
+    e = sub.add_parser("evaluate", add_help=False,
+                       help="run an evaluation preset end to end (--preset NAME --help: its options)")
     e.add_argument("--preset", required=False,
                    help="defenses | defensive-patch | face-patch")
     e.add_argument("--out", default=None, help="output folder (default reports/<preset>)")
-    e.set_defaults(func=_cmd_evaluate, takes_rest=True)
+    e.set_defaults(func=_cmd_evaluate, takes_rest=True, parser=e)
     return p
 
 
