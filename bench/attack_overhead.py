@@ -13,13 +13,13 @@ Usage: ``python bench/attack_overhead.py [--threads 1] [--reps 5] [--iters 20] [
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+from _timing import interleaved_medians
 
 
 def photos(n: int = 8, size: int = 224) -> torch.Tensor:
@@ -36,22 +36,6 @@ def photos(n: int = 8, size: int = 224) -> torch.Tensor:
         img = Image.fromarray(a).resize((size, size), Image.BICUBIC)
         out.append(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 255)
     return torch.stack(out)
-
-
-def interleaved_medians(fns: dict, reps: int, sync) -> dict:
-    """Median wall time of each callable; one warm-up each, then the callables take turns in every
-    repetition so that load from other processes hits all of them alike."""
-    for fn in fns.values():
-        fn()
-    sync()
-    times = {k: [] for k in fns}
-    for _ in range(reps):
-        for k, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            sync()
-            times[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def bare_fwd_bwd(model, x, y):

@@ -18,26 +18,10 @@ Usage: ``python bench/defense_cost.py [--threads 2] [--reps 7] [--batch 8] [--de
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
-
-def interleaved_medians(fns: dict, reps: int, sync) -> dict:
-    """Median wall time of each callable; one warm-up each, then the callables take turns in every
-    repetition so that load from other processes hits all of them alike."""
-    for fn in fns.values():
-        fn()
-    sync()
-    times = {k: [] for k in fns}
-    for _ in range(reps):
-        for k, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            sync()
-            times[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in times.items()}
+from _timing import interleaved_medians
 
 
 def batch_of_photos(n: int, device) -> torch.Tensor:

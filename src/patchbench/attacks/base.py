@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
 import torch
 from torch import Tensor
+
+from .._registry import Registry
 
 
 @dataclass
@@ -56,27 +58,19 @@ class PatchAttack(abc.ABC):
         return f"{type(self).__name__}({args})"
 
 
-_REGISTRY: Dict[str, Callable[..., PatchAttack]] = {}
+_ATTACKS = Registry("attack")
 
 
 def register(name: str):
     """Class decorator: make an attack available as ``patchbench.attacks.get(name)``."""
-
-    def deco(cls):
-        _REGISTRY[name] = cls
-        cls.name = name
-        return cls
-
-    return deco
+    return _ATTACKS.register(name)
 
 
 def get(name: str, **kwargs) -> PatchAttack:
     """Build a registered attack by name, e.g. ``get("masked-pgd", steps=100)``."""
-    key = name.lower().replace("_", "-")
-    if key not in _REGISTRY:
-        raise LookupError(f"unknown attack {name!r}; available: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[key](**kwargs)
+    return _ATTACKS.get(name, **kwargs)
 
 
 def names() -> List[str]:
-    return sorted(_REGISTRY)
+    """Names of all registered attacks."""
+    return _ATTACKS.names()

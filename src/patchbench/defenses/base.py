@@ -24,11 +24,12 @@ a sigmoid in the backward pass):
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional
+from typing import List, Optional
 
 import torch
 from torch import Tensor, nn
 
+from .._registry import Registry
 from .._validation import check_images, check_positive_int
 
 GRADIENTS = ("exact", "bpda-identity", "bpda-straight-through", "bpda-sigmoid", "bpda-constant",
@@ -196,31 +197,24 @@ class Defended(nn.Module):
         return torch.cat(labels), torch.cat(confs)
 
 
-_REGISTRY: Dict[str, Callable[..., Defense]] = {}
+_DEFENSES = Registry("defense")
+
+
+def _check_gradient(cls) -> None:
+    if cls.gradient not in GRADIENTS:
+        raise ValueError(f"{cls.__name__}.gradient must be one of {GRADIENTS}, got {cls.gradient!r}")
 
 
 def register(name: str):
     """Class decorator: make a defense available as ``patchbench.defenses.get(name)``."""
-
-    def deco(cls):
-        if cls.gradient not in GRADIENTS:
-            raise ValueError(f"{cls.__name__}.gradient must be one of {GRADIENTS}, got "
-                             f"{cls.gradient!r}")
-        _REGISTRY[name] = cls
-        cls.name = name
-        return cls
-
-    return deco
+    return _DEFENSES.register(name, check=_check_gradient)
 
 
 def get(name: str, **kwargs) -> Defense:
     """Build a registered defense by name, e.g. ``get("lgs", smoothing_factor=2.3)``."""
-    key = name.lower().replace("_", "-")
-    if key not in _REGISTRY:
-        raise LookupError(f"unknown defense {name!r}; available: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[key](**kwargs)
+    return _DEFENSES.get(name, **kwargs)
 
 
 def names() -> List[str]:
     """Names of all registered defenses."""
-    return sorted(_REGISTRY)
+    return _DEFENSES.names()
