@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from .._registry import Registry
+from ..models.base import predict_in_batches
 from .._validation import check_images, check_positive_int
 
 GRADIENTS = ("exact", "bpda-identity", "bpda-straight-through", "bpda-sigmoid", "bpda-constant",
@@ -183,18 +184,9 @@ class Defended(nn.Module):
             out = out + self._once(x)
         return out / draws if draws > 1 else out
 
-    @torch.no_grad()
     def predict(self, x: Tensor, batch_size: int = 64) -> tuple[Tensor, Tensor]:
         """Return ``(labels, confidences)`` of the defended model (one draw, eval mode)."""
-        was_training = self.training
-        self.eval()
-        labels, confs = [], []
-        for i in range(0, x.shape[0], batch_size):
-            c, lab = self(x[i:i + batch_size]).softmax(-1).max(-1)
-            labels.append(lab)
-            confs.append(c)
-        self.train(was_training)
-        return torch.cat(labels), torch.cat(confs)
+        return predict_in_batches(self, x, batch_size)
 
 
 _DEFENSES = Registry("defense")

@@ -75,16 +75,23 @@ class ImageClassifier(nn.Module):
                               antialias=shrink)
         return self.net(self.normalize(x))
 
-    @torch.no_grad()
     def predict(self, x: Tensor, batch_size: int = 64) -> tuple[Tensor, Tensor]:
         """Return ``(labels, confidences)`` (softmax probability of the predicted class)."""
-        was_training = self.training
-        self.eval()
-        labels, confs = [], []
+        return predict_in_batches(self, x, batch_size)
+
+
+@torch.no_grad()
+def predict_in_batches(module: nn.Module, x: Tensor, batch_size: int = 64) -> tuple[Tensor, Tensor]:
+    """``(labels, confidences)`` of a logits-returning ``module`` in eval mode, ``batch_size`` images
+    at a time; the module's train/eval mode is restored afterwards."""
+    was_training = module.training
+    module.eval()
+    labels, confs = [], []
+    try:
         for i in range(0, x.shape[0], batch_size):
-            p = self(x[i:i + batch_size]).softmax(-1)
-            c, l = p.max(-1)
-            labels.append(l)
+            c, lab = module(x[i:i + batch_size]).softmax(-1).max(-1)
+            labels.append(lab)
             confs.append(c)
-        self.train(was_training)
-        return torch.cat(labels), torch.cat(confs)
+    finally:
+        module.train(was_training)
+    return torch.cat(labels), torch.cat(confs)
