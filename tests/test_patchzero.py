@@ -116,6 +116,29 @@ def test_unet_and_segmenter_shapes():
     assert main.shape == (2, 1, 45, 50) and [a.shape for a in aux] == [(2, 1, 45, 50)] * 2
     s = MobileNetV2Segmenter(pretrained=False, decoder_channels=8)
     assert s(torch.rand(1, 3, 64, 80)).shape == (1, 1, 64, 80)
+    main, aux = s.forward_with_aux(torch.rand(1, 3, 50, 70))
+    assert main.shape == (1, 1, 50, 70) and [a.shape for a in aux] == [(1, 1, 50, 70)] * 2
+    full = MobileNetV2Segmenter(pretrained=False, decoder_channels=8, input_scale=1.0,
+                                encoder_stride=32, output_stride=2)
+    assert full(torch.rand(1, 3, 64, 80)).shape == (1, 1, 64, 80)
+    # the light default stops the encoder at stride 16: fewer parameters than the full-size one
+    assert sum(p.numel() for p in s.parameters()) < sum(p.numel() for p in full.parameters()) / 2
+
+
+def test_segmenter_bad_knobs_and_legacy_config():
+    from patchbench.models.segmenter import MobileNetV2Segmenter
+    with pytest.raises(ValueError, match="input_scale"):
+        MobileNetV2Segmenter(pretrained=False, input_scale=0)
+    with pytest.raises(ValueError, match="encoder_stride"):
+        MobileNetV2Segmenter(pretrained=False, encoder_stride=64)
+    with pytest.raises(ValueError, match="output_stride"):
+        MobileNetV2Segmenter(pretrained=False, encoder_stride=8, output_stride=8)
+    # a config saved before the cost knobs existed rebuilds the full-size network it described
+    legacy = dict(pretrained=True, decoder_channels=8, input_size=[64, 64])
+    old = MobileNetV2Segmenter.from_config(legacy)
+    assert (old.input_scale, old.encoder_stride, len(old.skips)) == (1.0, 32, 5)
+    again = MobileNetV2Segmenter.from_config(old.config)
+    assert again.config == old.config
 
 
 # ---------------------------------------------------------------- two-stage training (§3.3)

@@ -39,7 +39,7 @@ def build_detector(kind: str, config: dict) -> nn.Module:
         return UNet(**config)
     if kind == "mobilenet_v2_segmenter":
         from ..models.segmenter import MobileNetV2Segmenter
-        return MobileNetV2Segmenter(**{**config, "pretrained": False})   # weights come from the file
+        return MobileNetV2Segmenter.from_config(config)   # weights come from the file
     raise ValueError(f"unknown PatchZero detector kind {kind!r}; expected 'unet' or "
                      f"'mobilenet_v2_segmenter'")
 
