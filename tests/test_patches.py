@@ -25,8 +25,21 @@ def test_mask_area_is_within_2_percent_of_the_request(shape, area, image_hw):
     m = threat.shape_mask(image_hw)
     target = area * image_hw[0] * image_hw[1]
     assert set(m.unique().tolist()) <= {0.0, 1.0}
-    assert abs(float(m.sum()) - target) <= 0.02 * target
+    # 2% of the request; under 500 pixels the shape-keeping box may need up to 3% (octagons move in
+    # steps of ~20 pixels there)
+    assert abs(float(m.sum()) - target) <= (0.02 if target >= 500 else 0.03) * target
     assert tuple(m.shape) == threat.patch_size(image_hw)
+    h, w = m.shape
+    if shape != "border":          # a border follows the image's aspect
+        assert abs(w - h * aspect) <= max(1.0, 0.1 * h * aspect) + 1e-9   # the shape keeps its aspect
+
+
+def test_small_squares_stay_square():
+    # 5% of 28×28 = 39.2 pixels: 8×5 = 40 is closer in area but is not a square; 6×7 = 42 is.
+    for area in (0.01, 0.02, 0.05, 0.1):
+        h, w = Threat(area=area, shape="square").patch_size((28, 28))
+        assert abs(h - w) <= 1, (area, h, w)
+    assert Threat(area=0.05, shape="square").patch_size((28, 28)) == (6, 7)
 
 
 @pytest.mark.parametrize("shape", SHAPES)

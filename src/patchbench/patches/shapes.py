@@ -123,15 +123,18 @@ def _fill_fraction(shape: str, ring_width: Optional[float]) -> float:
 
 
 def _best_box(shape, target, aspect, image_hw, ring_width, h0, w0) -> Tuple[int, int, float]:
-    """Search the integer boxes around ``(h0, w0)``: among those within 2% of ``target`` pixels take
-    the one closest to ``aspect``; if none is, the one closest in area. Returns (h, w, rel. error)."""
+    """Search the integer boxes around ``(h0, w0)`` whose width is within one pixel (or 10%) of
+    ``aspect·h`` (so a small "square" stays a square up to a pixel, never e.g. 8×5): among those within
+    2% of ``target`` pixels take the one closest to ``aspect``; if none is, the one closest in area.
+    Returns (h, w, rel. error)."""
     H, W = image_hw
     best = None
     for h in range(max(1, int(h0) - 2), min(H, int(math.ceil(h0)) + 2) + 1):
         for w in range(max(1, int(w0) - 2), min(W, int(math.ceil(w0)) + 2) + 1):
             err = abs(float(_mask_cached(shape, h, w, ring_width).sum()) - target) / target
             dev = abs(math.log(w / h / aspect))
-            key = (False, dev, err) if err <= AREA_TOLERANCE else (True, err, dev)
+            off = abs(w - h * aspect) > max(1.0, 0.1 * h * aspect) + 1e-9   # a pixel (or 10%) off
+            key = (off, False, dev, err) if err <= AREA_TOLERANCE else (off, True, err, dev)
             if best is None or key < best[0]:
                 best = (key, h, w, err)
     if best is None:
@@ -199,8 +202,9 @@ def fit_shape(shape: str, area: float, image_hw, aspect: float = 1.0,
     ``shape_mask(shape, h, w, ring_width=fit.ring_width).sum()`` is within 2% of ``area·H·W``
     for patches of a few hundred pixels or more (the search runs on the discrete masks). Symmetric
     masks change in steps of ~4 pixels, so below ~200 pixels 2% can be out of reach; the closest
-    count is returned then. Among boxes within 2%, the one closest to ``aspect``
-    (w/h) wins, so small "squares" may be off by a pixel in one direction.
+    count is returned then. Only boxes whose width is within a pixel of ``aspect × height`` are
+    considered (or 10% for large ones); among those within 2%, the one closest to ``aspect`` (w/h) wins, so small "squares"
+    may be off by a pixel in one direction (a 5% square on 28×28 is 6×7 = 42 pixels, not 8×5 = 40).
     "border" ignores ``aspect``: with ``ring_width=None`` it is a frame hugging the image edge with the
     thinnest integer thickness that reaches the area (shrunk towards the centre when a full-size frame
     of that thickness is too large); with a ``ring_width`` it is a frame of that relative thickness.
