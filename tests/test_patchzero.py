@@ -217,6 +217,20 @@ def test_config_from_toml_and_bad_values(tmp_path):
         tpz.PatchZeroTrainConfig(area_min=0.2, area_max=0.1)
 
 
+def test_learning_rate_schedule():
+    c = tpz.PatchZeroTrainConfig(lr=1e-3, lr_stage2=1e-4, lr_schedule="cosine")
+    lrs = [tpz.epoch_lr(c, 1, e, 5) for e in range(5)]
+    assert lrs[0] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(5e-5)
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))                   # decreasing
+    assert tpz.epoch_lr(c, 2, 0, 2) == pytest.approx(1e-4)           # stage 2 has its own rate
+    flat = tpz.PatchZeroTrainConfig(lr=1e-3)
+    assert {tpz.epoch_lr(flat, s, e, 4) for s in (1, 2) for e in range(4)} == {1e-3}
+    with pytest.raises(ValueError, match="lr_schedule"):
+        tpz.PatchZeroTrainConfig(lr_schedule="step")
+    with pytest.raises(ValueError, match="lr_stage2"):
+        tpz.PatchZeroTrainConfig(lr_stage2=0)
+
+
 def test_imagenet_folder_path_runs_one_step_with_the_mobilenet_segmenter(tmp_path):
     from PIL import Image
     g = torch.Generator().manual_seed(0)

@@ -66,6 +66,9 @@ class PatchZeroTrainConfig:
         area_min, area_max: patch area range (fraction of the image), uniform per image. Default 1–10%.
         shape: patch shape. Default "square".
         lr: Adam learning rate. Default 1e-3. aux_weight: weight of each auxiliary loss. Default 0.4.
+        lr_stage2: learning rate of stage 2 (None = ``lr``): stage 2 fine-tunes a trained detector.
+        lr_schedule: "constant" or "cosine" (within each stage, from the stage's rate down to 5% of
+            it at its last epoch; a function of the epoch, so resuming needs no scheduler state).
         pos_weight: BCE weight of patch pixels. Default 1.0 (PSPNet's unweighted loss).
         dilation: mask dilation radius stored with the detector. Default 1.
         unet_base: width of the U-Net. Default 16.
@@ -89,6 +92,8 @@ class PatchZeroTrainConfig:
     area_max: float = 0.10
     shape: str = "square"
     lr: float = 1e-3
+    lr_stage2: Optional[float] = None
+    lr_schedule: str = "constant"
     aux_weight: float = 0.4
     pos_weight: float = 1.0
     dilation: int = 1
@@ -110,6 +115,12 @@ class PatchZeroTrainConfig:
         for k in ("n_train", "batch_size", "attack_steps", "adaptive_steps", "unet_base", "image_size"):
             if int(getattr(self, k)) < 1:
                 raise ValueError(f"{k}: expected an integer >= 1, got {getattr(self, k)!r}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule: expected 'constant' or 'cosine', got {self.lr_schedule!r}")
+        for k in ("lr", "lr_stage2"):
+            v = getattr(self, k)
+            if v is not None and not float(v) > 0:
+                raise ValueError(f"{k}: expected a positive learning rate, got {v!r}")
         if self.epochs_stage1 < 0 or self.epochs_stage2 < 0 or self.epochs_stage1 + self.epochs_stage2 == 0:
             raise ValueError("epochs_stage1/epochs_stage2: expected >= 0 each and at least one epoch")
 
@@ -222,7 +233,8 @@ def stage1_attacks(cfg: PatchZeroTrainConfig, classifier, x: Tensor, y: Tensor, 
     ``out_dir/stage1_attacks.pt`` and saved after every chunk, so an interrupted run resumes."""
     path = out_dir / "stage1_attacks.pt"
     key = {k: v for k, v in cfg.identity().items() if k not in (
-        "lr", "aux_weight", "pos_weight", "dilation", "unet_base", "batch_size", "adaptive_steps")}
+        "lr", "lr_stage2", "lr_schedule", "aux_weight", "pos_weight", "dilation", "unet_base", "batch_size",
+        "adaptive_steps")}
     cache = torch.load(path, weights_only=True) if path.is_file() else None
     if cache is None or cache["key"] != key:
         cache = dict(key=key, done=0, x_adv=x.clone(), mask=torch.zeros(x.shape[0], 1, *x.shape[-2:],
@@ -258,6 +270,15 @@ def detector_loss(detector: nn.Module, x: Tensor, target: Tensor, cfg: PatchZero
     return loss, main
 
 
+def epoch_lr(cfg: PatchZeroTrainConfig, stage: int, epoch: int, epochs: int) -> float:
+    """Learning rate of ``epoch`` (0-based) of ``stage``, which has ``epochs`` epochs."""
+    import math
+    base = float(cfg.lr if stage == 1 or cfg.lr_stage2 is None else cfg.lr_stage2)
+    if cfg.lr_schedule == "constant" or epochs <= 1:
+        return base
+    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * epoch / (epochs - 1))))
+
+
 def _epoch(stage: int, epoch: int, detector, opt, classifier, x: Tensor, y: Tensor, cache,
            cfg: PatchZeroTrainConfig, fill: List[float]) -> dict:
     """One epoch: every image once as an attack image and once as a benign image (1:1, §3.2)."""
@@ -289,7 +310,8 @@ def _epoch(stage: int, epoch: int, detector, opt, classifier, x: Tensor, y: Tens
         total += loss.item()
         steps += 1
         bar.set_postfix(loss=f"{total / steps:.4f}", f1=f"{conf.scores()['f1']:.3f}")
-    return dict(stage=stage, epoch=epoch + 1, loss=total / max(steps, 1), train_f1=conf.scores()["f1"])
+    return dict(stage=stage, epoch=epoch + 1, lr=opt.param_groups[0]["lr"], loss=total / max(steps, 1),
+                train_f1=conf.scores()["f1"])
 
 
 def train_patchzero(config: PatchZeroTrainConfig, out_dir, resume: bool = True) -> str:
@@ -339,6 +361,8 @@ def train_patchzero(config: PatchZeroTrainConfig, out_dir, resume: bool = True) 
         start = state["epoch"] if state["stage"] == stage else (0 if state["stage"] < stage else epochs)
         cache = stage1_attacks(cfg, classifier, x, y, out) if stage == 1 and start < epochs else None
         for epoch in range(start, epochs):
+            for group in opt.param_groups:
+                group["lr"] = epoch_lr(cfg, stage, epoch, epochs)
             state["history"].append(_epoch(stage, epoch, detector, opt, classifier, x, y, cache,
                                            cfg, fill))
             if stage == 1 and epoch == epochs - 1:
