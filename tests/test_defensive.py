@@ -98,6 +98,24 @@ def test_physical_jitter_is_seeded_and_keeps_shape():
     assert torch.equal(a, b) and a.shape == x.shape and not torch.equal(a, x)
 
 
+def test_training_noise_chances_and_chunks():
+    from patchbench.defensive.train import training_noise
+    x, y = toy_data(32, 16)
+    model = tiny(0)
+    same = training_noise(x, y, model, torch.Generator().manual_seed(0), ("contrast",), 8 / 255, 1,
+                          probs=(1, 0, 0))
+    assert torch.equal(same, x)                                       # "no noise" only
+    # corruption only, four chunks: every chunk is corrupted, with its own severity draw
+    g = torch.Generator().manual_seed(0)
+    chunks = [training_noise(c, yc, model, g, ("contrast",), 8 / 255, 1, probs=(0, 1, 0))
+              for c, yc in zip(x.tensor_split(4), y.tensor_split(4))]
+    assert all(not torch.allclose(c, xc) for c, xc in zip(chunks, x.tensor_split(4)))
+    with pytest.raises(ValueError, match="noise_probs"):
+        DefensivePatchConfig(noise_probs=(0, 0, 0))
+    with pytest.raises(ValueError, match="noise_chunks"):
+        DefensivePatchConfig(noise_chunks=0)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("dp")
@@ -105,7 +123,8 @@ def trained(tmp_path_factory):
     models = [tiny(0), tiny(1)]
     cfg = DefensivePatchConfig(models=("tiny_a", "tiny_b"), placement={"kind": "border", "width": 2},
                                epochs=3, batch_size=32, prior_epochs=2, prior_lr=5e-2, eot=True,
-                               noise_aware=True, corruptions=("gaussian_noise", "contrast"), seed=0)
+                               noise_aware=True, corruptions=("gaussian_noise", "contrast"),
+                               noise_chunks=2, seed=0)
     patch = train_defensive_patch(cfg, out, progress=False, models=models, data=(x, y))
     return out, cfg, patch, models, (x, y)
 

@@ -62,7 +62,10 @@ class DefensivePatchConfig:
         eot: apply physical transformations while training (True); eot_rotation (deg), eot_scale,
             eot_shift (fraction of the image) bound the whole-image jitter.
         noise_aware: add random corruptions / PGD noise while training (False); corruptions: names
-            (empty = all); pgd_eps: largest L∞ budget (8/255); pgd_steps: 2.
+            (empty = all); pgd_eps: largest L∞ budget (8/255); pgd_steps: 2; noise_chunks: the batch
+            is split into this many parts, each with its own noise draw (1 = one draw per batch), so
+            one step sees several corruptions and severities; noise_probs: chances of (no noise,
+            a corruption, PGD) per draw ((1/3, 1/3, 1/3)).
         train_limit: first N training images (None = all). image_size: photo size for imagenet (224).
         seed: 0. device: "cpu".
     """
@@ -89,6 +92,8 @@ class DefensivePatchConfig:
     corruptions: Tuple[str, ...] = ()
     pgd_eps: float = 8 / 255
     pgd_steps: int = 2
+    noise_chunks: int = 1
+    noise_probs: Tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3)
     train_limit: Optional[int] = None
     image_size: int = 224
     seed: int = 0
@@ -97,15 +102,19 @@ class DefensivePatchConfig:
     def __post_init__(self):
         if isinstance(self.placement, DefensivePlacement):
             self.placement = asdict(self.placement)
-        for name in ("models", "milestones", "corruptions", "eot_scale"):
+        for name in ("models", "milestones", "corruptions", "eot_scale", "noise_probs"):
             setattr(self, name, tuple(getattr(self, name)))
+        if (len(self.noise_probs) != 3 or any(not float(p) >= 0 for p in self.noise_probs)
+                or not sum(self.noise_probs) > 0):
+            raise ValueError(f"DefensivePatchConfig.noise_probs: expected three non-negative chances "
+                             f"(none, corruption, PGD) with a positive sum, got {self.noise_probs!r}")
         if not self.models:
             raise ValueError("DefensivePatchConfig.models: expected at least one model name")
         if self.dataset not in ("fashion-mnist", "imagenet-samples"):
             raise ValueError(f"DefensivePatchConfig.dataset: expected 'fashion-mnist' or "
                              f"'imagenet-samples', got {self.dataset!r}")
         for name in ("epochs", "batch_size", "prior_epochs", "prior_steps", "prior_batch", "repeat",
-                     "pgd_steps"):
+                     "pgd_steps", "noise_chunks"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"DefensivePatchConfig.{name}: expected an int >= 1, got {v!r}")
@@ -172,14 +181,15 @@ def gram_mse(z_s: Tensor, z_k: Tensor, mask: Tensor) -> Tensor:
 
 
 def training_noise(z: Tensor, y: Tensor, model, g: torch.Generator, corruptions: Sequence[str],
-                   pgd_eps: float, pgd_steps: int) -> Tensor:
-    """Noise-aware training (beyond the authors' code): per batch, with equal chance, no noise, one
+                   pgd_eps: float, pgd_steps: int,
+                   probs: Sequence[float] = (1 / 3, 1 / 3, 1 / 3)) -> Tensor:
+    """Noise-aware training (beyond the authors' code): per call, with chances ``probs``, no noise, one
     random common corruption at a random severity 1–5 (Hendrycks & Dietterich 2019), or PGD-L∞
     (Madry et al. 2018, Eq. 2) with ε ~ U(0, pgd_eps) against ``model``. The noise is treated as
     additive and constant (BPDA identity, Athalye et al. 2018): gradients reach the patch straight
     through it, so non-differentiable corruptions (JPEG, pixelate) work too."""
     from ..corruptions import CORRUPTIONS, corrupt
-    choice = int(torch.randint(0, 3, (1,), generator=g))
+    choice = int(torch.multinomial(torch.tensor([float(p) for p in probs]), 1, generator=g))
     if choice == 0:
         return z
     if choice == 1:
@@ -231,7 +241,10 @@ def _ce_epoch(model, base: DefensivePatch, x, y, cfg, lr: float, g, eot, bar) ->
         if cfg.eot:
             z = physical_jitter(z, g, cfg.eot_rotation, cfg.eot_scale, cfg.eot_shift)
         if cfg.noise_aware:
-            z = training_noise(z, yb, model, g, cfg.corruptions, cfg.pgd_eps, cfg.pgd_steps)
+            z = torch.cat([training_noise(zc, yc, model, g, cfg.corruptions, cfg.pgd_eps, cfg.pgd_steps,
+                                          cfg.noise_probs)
+                           for zc, yc in zip(z.tensor_split(cfg.noise_chunks),
+                                             yb.tensor_split(cfg.noise_chunks)) if len(yc)])
         loss = F.cross_entropy(model(z), yb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
