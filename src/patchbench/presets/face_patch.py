@@ -13,7 +13,16 @@ Patch scale: α = 0.3 by default (one of the paper's §3.3 scales) instead of §
 face boxes are tight LFW crops whose eyes sit ≈ 40% down the box, so an α = 0.5 top patch already hides
 the eyes: measured here, an *unoptimised* noise patch then cuts MTCNN's recall from 0.91 to 0.13, which
 would leave nothing for optimisation to show. At α = 0.3 noise costs about a quarter of the recall,
-the same ratio as the paper's Table 1 (73.4 → 54.9 on Easy).
+the same ratio as the paper's Table 1 (73.4 → 54.9 on Easy). With ``--alpha 0.5 --epochs 20`` (measured
+2026-11-21, 32 train / 32 test composites): noise R 0.121, natural R 0.000, face picture P 0.000 /
+R 0.000, Patch-IoU P 1.000 / R 0.000 — MTCNN finds nothing at all, so neither the recall drop nor the
+paper's face-like false positives can show there.
+
+Face-like patches (§3.2, Fig. 2): on MTCNN our Patch-IoU patches do *not* become face-like within
+these budgets (precision stays 1.0, no detection on the patch; the paper saw it after 100 epochs on
+WIDER FACE with anchor-based detectors). Only the "face" initialisation row — a face picture as the
+patch — shows the false positives on the patch, and the Patch-IoU patch is taken for a face by the
+OpenCV Haar cascade (transfer rows).
 
 MTCNN only outputs faces above its O-Net threshold 0.7, so Threshold-F_β curves are flat below 0.7. The
 plot's x-axis is the paper's s = s_p − s_n (footnote 4), which for a two-class softmax is logit(score);
