@@ -21,8 +21,8 @@ paper's face-like false positives can show there.
 Face-like patches (§3.2, Fig. 2): on MTCNN our Patch-IoU patches do *not* become face-like within
 these budgets (precision stays 1.0, no detection on the patch; the paper saw it after 100 epochs on
 WIDER FACE with anchor-based detectors). Only the "face" initialisation row — a face picture as the
-patch — shows the false positives on the patch, and the Patch-IoU patch is taken for a face by the
-OpenCV Haar cascade (transfer rows).
+patch — shows the false positives on the patch (the Haar / LBP transfer rows count no detection on
+any optimised patch either; their precision drops come from false positives elsewhere).
 
 MTCNN only outputs faces above its O-Net threshold 0.7, so Threshold-F_β curves are flat below 0.7. The
 plot's x-axis is the paper's s = s_p − s_n (footnote 4), which for a two-class softmax is logit(score);
