@@ -4,7 +4,7 @@ Batching runs every pyramid scale of all images through P-Net at once and all R-
 images in one batch each. Both paths give the same detections (checked below). Prints images/s for
 both and, as its last line, ``mtcnn batched_speedup=S``.
 
-Usage: ``python bench/mtcnn_speed.py [--n 16] [--size 256] [--device cpu] [--threads 1] [--repeats 3]``
+Usage: ``python bench/mtcnn_speed.py [--n 16] [--size 256] [--device cpu] [--threads 2] [--repeats 3]``
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: leave torch's default)")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (0: leave torch's default)")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     if args.threads > 0:
