@@ -48,10 +48,13 @@ ATTACKS = ("masked-pgd", "masked-apgd", "masked-cw")
 LAMBDAS = (1.5, 1.9, 2.3, 2.7, 3.5)       # ELGS Tables 1–2 sweep both {1.5, 1.9, 2.3} and {2.3, 2.7, 3.5}
 # LGS windows: Naseer et al.'s 15/5 px at 224²; at 28² a 5% patch is 6–7 px, so 5/2 px blocks.
 LGS_28 = {"window": 5, "overlap": 2}
-# Adaptive rows cost more than DO rows (SLGS/WLGS: an extra saliency backward per step; PatchCleanser:
-# ≥ 36 masked forwards per step); their sample counts (full run) keep the preset under ~45 min on 2 cores.
-ADAPTIVE_N = {"slgs": 200, "wlgs": 200, "patchcleanser": 16}
-ADAPTIVE_N_DEFAULT, PC_N = 400, 500
+# Adaptive rows cost more than DO rows (SLGS/WLGS: an extra saliency backward per step; PatchZero: the
+# U-Net's forward + backward per step; PatchCleanser: ≥ 36 masked forwards per step); their sample
+# counts (full run) keep the preset under 45 min on 2 cores (measured 2026-11-21: with 400 PatchZero
+# adaptive and 500 PatchCleanser images the Fashion-MNIST part alone took 36 min).
+ADAPTIVE_N = {"slgs": 200, "wlgs": 200, "patchcleanser": 16, "patchzero-do": 200,
+              "patchzero-two-stage": 200}
+ADAPTIVE_N_DEFAULT, PC_N = 400, 300
 # PatchCleanser's adaptive attacker classifies every iterate by double masking (36 + 36 per disagreeing
 # mask forwards per image and step): fewer iterations on that row, stated in the table.
 ADAPTIVE_STEPS = {"patchcleanser": 25}
