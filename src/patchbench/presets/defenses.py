@@ -337,7 +337,9 @@ def _report(parts: List[dict], plan: Plan, elapsed: float, stats: dict) -> Repor
                 f"gradient); 'Certified' is its certified accuracy (Algorithm 2) on the benign images. "
                 f"The GT-mask oracle repaints the true patch pixels with the dataset mean (an upper "
                 f"bound of any removal defense). Smaller n on expensive adaptive rows keeps the run "
-                f"short; 95% Wilson intervals are in results.json.")
+                f"short; 95% Wilson intervals are in results.json. On 28² images LGS/SLGS/WLGS use "
+                f"5-px blocks with 2-px overlap (Naseer et al.'s 15/5 px are for 224²) and SLGS skips "
+                f"its erosions/dilations (at 28² they erase the whole saliency mask).")
     for part in parts:
         rows = part["table"]
         for area in part["areas"]:
