@@ -119,11 +119,9 @@ class MobileNetV2Segmenter(nn.Module):
 
     def _decode(self, x: Tensor) -> Tuple[Tensor, List[Tensor]]:
         z = self.normalize(x)
-        if self.input_scale != 1.0:
-            h, w = x.shape[-2:]
-            size = (max(1, round(h * self.input_scale)), max(1, round(w * self.input_scale)))
-            z = F.interpolate(z, size=size, mode="bilinear", align_corners=False, antialias=True)
-        h, w = z.shape[-2:]
+        h, w = self._scaled(*x.shape[-2:])
+        if (h, w) != tuple(x.shape[-2:]):
+            z = F.interpolate(z, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
         m = self.encoder_stride
         ph, pw = (-h) % m, (-w) % m
         if ph or pw:
@@ -144,11 +142,16 @@ class MobileNetV2Segmenter(nn.Module):
                 aux.append(y)
         return y, aux
 
+    def _scaled(self, h: int, w: int) -> Tuple[int, int]:
+        """The size the encoder sees for an ``h×w`` input."""
+        if self.input_scale == 1.0:
+            return h, w
+        return max(1, round(h * self.input_scale)), max(1, round(w * self.input_scale))
+
     def _up(self, t: Tensor, h: int, w: int) -> Tensor:
         """Logits of the padded, scaled grid → the input's ``h×w`` grid (bilinear)."""
         m = self.encoder_stride
-        sh = max(1, round(h * self.input_scale)) if self.input_scale != 1.0 else h
-        sw = max(1, round(w * self.input_scale)) if self.input_scale != 1.0 else w
+        sh, sw = self._scaled(h, w)
         t = F.interpolate(t, size=(sh + (-sh) % m, sw + (-sw) % m), mode="bilinear",
                           align_corners=False)[..., :sh, :sw]
         if (sh, sw) != (h, w):
