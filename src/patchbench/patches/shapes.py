@@ -202,9 +202,10 @@ def fit_shape(shape: str, area: float, image_hw, aspect: float = 1.0,
     ``shape_mask(shape, h, w, ring_width=fit.ring_width).sum()`` is within 2% of ``area·H·W``
     for patches of a few hundred pixels or more (the search runs on the discrete masks). Symmetric
     masks change in steps of ~4 pixels, so below ~200 pixels 2% can be out of reach; the closest
-    count is returned then. Only boxes whose width is within a pixel of ``aspect × height`` are
-    considered (or 10% for large ones); among those within 2%, the one closest to ``aspect`` (w/h) wins, so small "squares"
-    may be off by a pixel in one direction (a 5% square on 28×28 is 6×7 = 42 pixels, not 8×5 = 40).
+    count is returned then. Only boxes whose width is within a pixel (10% for large ones) of
+    ``aspect × height`` are considered; among those within 2%, the one closest to ``aspect`` (w/h)
+    wins, so small "squares" may be off by a pixel in one direction (a 5% square on 28×28 is
+    6×7 = 42 pixels, not 8×5 = 40).
     "border" ignores ``aspect``: with ``ring_width=None`` it is a frame hugging the image edge with the
     thinnest integer thickness that reaches the area (shrunk towards the centre when a full-size frame
     of that thickness is too large); with a ``ring_width`` it is a frame of that relative thickness.

@@ -167,16 +167,17 @@ def patchzero_checkpoints(a: argparse.Namespace, wanted) -> Dict[str, str]:
 def defense_options(defense: str, area: float, hw: Tuple[int, int], fill, pz: Dict[str, str],
                     lam: float = 2.3) -> dict:
     """The settings of ``defense`` that change its numbers (part of every cell's key)."""
+    small = max(hw) <= 64                      # Fashion-MNIST-sized images
     if defense in ("lgs", "slgs", "wlgs"):
-        base = LGS_28 if max(hw) <= 64 else {"window": 15, "overlap": 5}
-        if defense == "slgs" and max(hw) <= 64:
+        base = LGS_28 if small else {"window": 15, "overlap": 5}
+        if defense == "slgs" and small:
             base = {**base, **SLGS_28}
         return {**base, "smoothing_factor": lam}
     if defense == "patchcleanser":
         o = {"patch_size": area, "k": 6, "fill": list(fill)}
         # Certification (Algorithm 2) checks all 666 one- and two-mask images per image: 8 photos
         # at 224² cost ~5 min of MobileNetV2 forwards here, so it runs on the small images only.
-        return o if max(hw) <= 64 else {**o, "certify": False}
+        return o if small else {**o, "certify": False}
     if defense == "gt-mask":
         return {"fill": list(fill)}
     if defense in pz:

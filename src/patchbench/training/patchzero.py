@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -272,7 +273,6 @@ def detector_loss(detector: nn.Module, x: Tensor, target: Tensor, cfg: PatchZero
 
 def epoch_lr(cfg: PatchZeroTrainConfig, stage: int, epoch: int, epochs: int) -> float:
     """Learning rate of ``epoch`` (0-based) of ``stage``, which has ``epochs`` epochs."""
-    import math
     base = float(cfg.lr if stage == 1 or cfg.lr_stage2 is None else cfg.lr_stage2)
     if cfg.lr_schedule == "constant" or epochs <= 1:
         return base
