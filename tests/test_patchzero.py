@@ -215,6 +215,10 @@ def test_config_from_toml_and_bad_values(tmp_path):
         tpz.PatchZeroTrainConfig(attacks=("fgsm",))
     with pytest.raises(ValueError, match="area_min"):
         tpz.PatchZeroTrainConfig(area_min=0.2, area_max=0.1)
+    with pytest.raises(ValueError, match="unet_depth"):
+        tpz.PatchZeroTrainConfig(unet_depth=0)
+    deep = tpz._new_detector(tpz.PatchZeroTrainConfig(unet_base=4, unet_depth=3), 1, (28, 28))
+    assert deep.config["depth"] == 3 and deep(torch.rand(2, 1, 28, 28)).shape == (2, 1, 28, 28)
 
 
 def test_learning_rate_schedule():

@@ -73,6 +73,8 @@ class PatchZeroTrainConfig:
         pos_weight: BCE weight of patch pixels. Default 1.0 (PSPNet's unweighted loss).
         dilation: mask dilation radius stored with the detector. Default 1.
         unet_base: width of the U-Net. Default 16.
+        unet_depth: down-samplings of the U-Net (2: 28 → 14 → 7; 3 adds a 4×4 level, for context
+            beyond the patch). Default 2.
         seed: seed of every random draw. Default 0. device: "cpu" or "cuda". Default "cpu".
         num_threads: ``torch.set_num_threads`` for CPU runs (None = leave). progress: tqdm bars.
     """
@@ -99,6 +101,7 @@ class PatchZeroTrainConfig:
     pos_weight: float = 1.0
     dilation: int = 1
     unet_base: int = 16
+    unet_depth: int = 2
     seed: int = 0
     device: str = "cpu"
     num_threads: Optional[int] = None
@@ -113,7 +116,8 @@ class PatchZeroTrainConfig:
         if not 0 < self.area_min <= self.area_max < 1:
             raise ValueError(f"area_min/area_max: expected 0 < area_min <= area_max < 1, got "
                              f"{self.area_min}, {self.area_max}")
-        for k in ("n_train", "batch_size", "attack_steps", "adaptive_steps", "unet_base", "image_size"):
+        for k in ("n_train", "batch_size", "attack_steps", "adaptive_steps", "unet_base", "unet_depth",
+                  "image_size"):
             if int(getattr(self, k)) < 1:
                 raise ValueError(f"{k}: expected an integer >= 1, got {getattr(self, k)!r}")
         if self.lr_schedule not in ("constant", "cosine"):
@@ -176,7 +180,7 @@ def _build_detector(cfg: PatchZeroTrainConfig, channels: int, size: Tuple[int, i
     if cfg.dataset == "fashion-mnist":
         from ..data.fashion_mnist import FASHION_MNIST_MEAN, FASHION_MNIST_STD
         from ..models.unet import UNet
-        return UNet(channels, base=cfg.unet_base, depth=2, mean=FASHION_MNIST_MEAN,
+        return UNet(channels, base=cfg.unet_base, depth=cfg.unet_depth, mean=FASHION_MNIST_MEAN,
                     std=FASHION_MNIST_STD, input_size=size)
     from ..models.segmenter import MobileNetV2Segmenter
     return MobileNetV2Segmenter(pretrained=True, input_size=size)
@@ -234,7 +238,8 @@ def stage1_attacks(cfg: PatchZeroTrainConfig, classifier, x: Tensor, y: Tensor, 
     ``out_dir/stage1_attacks.pt`` and saved after every chunk, so an interrupted run resumes."""
     path = out_dir / "stage1_attacks.pt"
     key = {k: v for k, v in cfg.identity().items() if k not in (
-        "lr", "lr_stage2", "lr_schedule", "aux_weight", "pos_weight", "dilation", "unet_base", "batch_size",
+        "lr", "lr_stage2", "lr_schedule", "aux_weight", "pos_weight", "dilation", "unet_base", "unet_depth",
+        "batch_size",
         "adaptive_steps")}
     cache = torch.load(path, weights_only=True) if path.is_file() else None
     if cache is None or cache["key"] != key:
