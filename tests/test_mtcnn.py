@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from patchbench.data.faces import real_faces
-from patchbench.models.mtcnn import MTCNN, area_crops, load_mtcnn
+from patchbench.models.mtcnn import MTCNN, area_crops, integral_image, load_mtcnn
 from patchbench.models.nms import batched_nms, box_iou, nms
 
 REFERENCE_BOX = torch.tensor([[181.0, 62.0, 268.0, 172.0]])    # facenet-pytorch on the astronaut
@@ -105,6 +105,28 @@ def test_batched_detect_equals_one_image_at_a_time(model, small_astronaut):
         assert torch.allclose(together[i].boxes, alone.boxes, atol=1e-3)
         assert torch.allclose(together[i].scores, alone.scores, atol=1e-5)
     assert len(together[1].boxes) == 1                               # the mirrored face is found too
+
+
+def test_crop_chunks_do_not_change_detections_or_candidates(small_astronaut):
+    pair = torch.cat([small_astronaut, small_astronaut.flip(-1)])
+    whole, tiny = load_mtcnn(), load_mtcnn()
+    whole.crop_chunk = {24: 10 ** 6, 48: 10 ** 6}
+    tiny.crop_chunk = {24: 7, 48: 1}                                 # many chunks, uneven last one
+    for a, b in zip(whole.detect(pair), tiny.detect(pair)):
+        assert torch.allclose(a.boxes, b.boxes, atol=1e-4) and torch.allclose(a.scores, b.scores, atol=1e-6)
+    ca, cb = whole(pair), tiny(pair)
+    assert torch.equal(ca.stage, cb.stage) and torch.allclose(ca.scores, cb.scores, atol=1e-6)
+
+
+def test_area_crops_with_a_shared_integral_image_equal_a_fresh_one():
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(3, 3, 30, 40, generator=g)
+    boxes = torch.tensor([[0.0, 0.0, 40.0, 30.0], [5.5, 2.0, 20.0, 25.0]])
+    idx = torch.tensor([2, 0])
+    ii = integral_image(x)
+    assert ii.dtype == torch.float64 and ii.shape == (3 * 31 * 41, 3)
+    for size in (24, 48):
+        assert torch.equal(area_crops(x, idx, boxes, size, integral=ii), area_crops(x, idx, boxes, size))
 
 
 def test_blank_and_tiny_images_give_no_faces(model):

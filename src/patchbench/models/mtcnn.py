@@ -144,7 +144,18 @@ def _bbreg(boxes: Tensor, reg: Tensor) -> Tensor:
     return boxes + reg * wh
 
 
-def area_crops(x: Tensor, image_index: Tensor, boxes: Tensor, size: int) -> Tensor:
+def integral_image(x: Tensor) -> Tensor:
+    """Zero-padded float64 integral image of N×C×H×W ``x``, flattened to ``(N·(H+1)·(W+1))×C`` rows
+    (channels last, so one gather reads all channels of a corner). Build it once per batch and pass it
+    to :func:`area_crops` for every crop size."""
+    n, c, h, w = x.shape
+    ii = x.new_zeros((n, h + 1, w + 1, c), dtype=torch.float64)
+    ii[:, 1:, 1:] = x.permute(0, 2, 3, 1)
+    return ii.cumsum(1).cumsum(2).reshape(-1, c)
+
+
+def area_crops(x: Tensor, image_index: Tensor, boxes: Tensor, size: int,
+               integral: Optional[Tensor] = None) -> Tensor:
     """Crop ``boxes`` from ``x`` and resize them to ``size``×``size`` with area interpolation.
 
     Follows the reference ``pad``: coordinates are truncated to integers and clipped to the image
@@ -154,10 +165,12 @@ def area_crops(x: Tensor, image_index: Tensor, boxes: Tensor, size: int) -> Tens
 
     Args:
         x: N×C×H×W images; image_index: K long; boxes: K×4 (x1, y1, x2, y2); size: output side.
+        integral: ``integral_image(x)`` if already computed (it is the costly part for few crops).
     Returns:
         K×C×size×size crops (``x``'s dtype). Boxes must give non-empty crops (see :func:`_valid_crops`).
     """
     n, c, h, w = x.shape
+    ii = integral_image(x) if integral is None else integral
     b = boxes.detach().trunc().long()
     x0 = b[:, 0].clamp(min=1) - 1
     y0 = b[:, 1].clamp(min=1) - 1
@@ -171,8 +184,6 @@ def area_crops(x: Tensor, image_index: Tensor, boxes: Tensor, size: int) -> Tens
 
     ys, ye = bins(y0, y1)
     xs, xe = bins(x0, x1)
-    ii = F.pad(x.double().cumsum(2).cumsum(3), (1, 0, 1, 0))       # N×C×(H+1)×(W+1)
-    ii = ii.permute(0, 2, 3, 1).reshape(-1, c)                      # (N·(H+1)·(W+1))×C
     base = (image_index * (h + 1))[:, None, None]
 
     def at(r, q):                                                   # K×S×S×C corner values
@@ -225,6 +236,9 @@ class MTCNN(nn.Module):
         self.thresholds = tuple(check_fraction(t, "thresholds", 0, 1, inclusive=True) for t in thresholds)
         self.factor = check_fraction(factor, "factor")
         self.min_face_size = float(min_face_size)
+        # Crops per R-/O-Net forward (by crop side). Thousands of crops in one batch spill the CPU
+        # caches: bounded chunks make batched detection faster (bench/mtcnn_speed.py).
+        self.crop_chunk = {24: 512, 48: 64}
         self.pnet, self.rnet, self.onet = PNet(), RNet(), ONet()
         if pretrained:
             folder = weights_dir or _default_weights_dir()
@@ -286,16 +300,22 @@ class MTCNN(nn.Module):
         wh = (win[:, 2:] - win[:, :2]).repeat(1, 2)          # stage 1 regresses without the +1
         return _rerec(win + reg * wh), score, idx
 
-    def _crops(self, x255: Tensor, boxes: Tensor, idx: Tensor, size: int):
+    def _refine(self, net: nn.Module, x255: Tensor, ii: Tensor, boxes: Tensor, idx: Tensor, size: int):
+        """Run ``net`` on the ``size``² area crops of the valid ``boxes`` (image-major order), at most
+        ``crop_chunk[size]`` crops per forward; returns the kept boxes, their image index and the
+        net's outputs. ``ii`` is ``integral_image(x255)``."""
         ok = _valid_crops(boxes, *x255.shape[-2:]).nonzero().flatten()
         ok = ok[torch.sort(idx[ok], stable=True).indices]     # image-major: cache-friendly gathers
-        return boxes[ok], idx[ok], _normalize(area_crops(x255, idx[ok], boxes[ok], size))
+        boxes, idx = boxes[ok], idx[ok]
+        step = self.crop_chunk[size]
+        outs = [net(_normalize(area_crops(x255, idx[s:s + step], boxes[s:s + step], size, integral=ii)))
+                for s in range(0, max(len(boxes), 1), step)]
+        return boxes, idx, [torch.cat(t) for t in zip(*outs)]
 
     @torch.no_grad()
-    def _stage2(self, x255: Tensor, boxes: Tensor, idx: Tensor):
+    def _stage2(self, x255: Tensor, ii: Tensor, boxes: Tensor, idx: Tensor):
         """R-Net refinement of stage-1 squares: threshold, NMS 0.7, regress, square."""
-        boxes, idx, crops = self._crops(x255, boxes, idx, 24)
-        reg, score = self.rnet(crops)
+        boxes, idx, (reg, score) = self._refine(self.rnet, x255, ii, boxes, idx, 24)
         ok = score > self.thresholds[1]
         boxes, idx, reg, score = boxes[ok], idx[ok], reg[ok], score[ok]
         keep = batched_nms(boxes, score, idx, 0.7)
@@ -313,13 +333,13 @@ class MTCNN(nn.Module):
         x255 = self._prepare(images)
         n, _, h, w = x255.shape
         boxes, _, idx = self._stage1(x255)
+        ii = integral_image(x255) if len(boxes) else None      # shared by the R- and O-Net crops
         if len(boxes):
-            boxes, idx = self._stage2(x255, boxes, idx)
+            boxes, idx = self._stage2(x255, ii, boxes, idx)
         scores = torch.zeros(0, device=self.device)
         points = torch.zeros(0, 5, 2, device=self.device)
         if len(boxes):
-            boxes, idx, crops = self._crops(x255, boxes, idx, 48)
-            reg, marks, scores = self.onet(crops)
+            boxes, idx, (reg, marks, scores) = self._refine(self.onet, x255, ii, boxes, idx, 48)
             ok = scores > self.thresholds[2]
             boxes, idx, reg, marks, scores = boxes[ok], idx[ok], reg[ok], marks[ok], scores[ok]
             wh = boxes[:, 2:] - boxes[:, :2] + 1
@@ -357,14 +377,13 @@ class MTCNN(nn.Module):
         if "rnet" in stages or "onet" in stages:
             with torch.no_grad():
                 boxes, _, idx = self._stage1(x255.detach())
+            ii = integral_image(x255)                           # differentiable w.r.t. the images
             if "rnet" in stages and len(boxes):
-                b, i, crops = self._crops(x255, boxes, idx, 24)
-                reg, score = self.rnet(crops)
+                b, i, (reg, score) = self._refine(self.rnet, x255, ii, boxes, idx, 24)
                 out.append((b, score, i, 1, _bbreg(b, reg.detach())))
             if "onet" in stages and len(boxes):
-                boxes, idx = self._stage2(x255.detach(), boxes, idx)
-                b, i, crops = self._crops(x255, boxes, idx, 48)
-                reg, _, score = self.onet(crops)
+                boxes, idx = self._stage2(x255.detach(), ii.detach(), boxes, idx)
+                b, i, (reg, _, score) = self._refine(self.onet, x255, ii, boxes, idx, 48)
                 out.append((b, score, i, 2, _bbreg(b, reg.detach())))
         if not out:
             z = x255.new_zeros(0)
