@@ -129,6 +129,18 @@ def test_area_crops_with_a_shared_integral_image_equal_a_fresh_one():
         assert torch.equal(area_crops(x, idx, boxes, size, integral=ii), area_crops(x, idx, boxes, size))
 
 
+def test_integral_image_is_the_zero_padded_double_cumulative_sum_with_and_without_gradient():
+    x = torch.rand(2, 3, 5, 7, generator=torch.Generator().manual_seed(3))
+    ii = integral_image(x).view(2, 6, 8, 3)
+    for n, r, q in [(0, 0, 4), (1, 5, 7), (0, 3, 2)]:
+        assert torch.allclose(ii[n, r, q], x[n, :, :r, :q].double().sum((1, 2)))
+    xg = x.clone().requires_grad_()
+    with_grad = integral_image(xg)                                  # autograd path (no in-place)
+    assert torch.equal(with_grad.detach(), ii.view(-1, 3))
+    with_grad[-1].sum().backward()                                  # last corner = sum of image 1
+    assert torch.equal(xg.grad[1], torch.ones(3, 5, 7)) and not xg.grad[0].any()
+
+
 def test_blank_and_tiny_images_give_no_faces(model):
     det = model.detect(torch.full((2, 3, 64, 64), 0.5))
     assert all(len(d.boxes) == 0 and d.landmarks.shape == (0, 5, 2) for d in det)
@@ -147,6 +159,11 @@ def test_area_crops_equal_interpolate_area_of_the_clipped_crop():
     for k, (x1, y1, x2, y2) in enumerate([(3, 5, 30, 33), (1, 1, 50, 12), (10, 10, 14, 13)]):
         want = F.interpolate(x[idx[k]:idx[k] + 1, :, y1 - 1:y2, x1 - 1:x2], size=(24, 24), mode="area")
         assert torch.allclose(got[k:k + 1], want, atol=1e-5)
+    w = torch.rand(24, 24, generator=g)                             # gradients agree too
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    (area_crops(xa, idx[:1], boxes[:1], 24) * w).sum().backward()
+    (F.interpolate(xb[:1, :, 4:33, 2:30], size=(24, 24), mode="area") * w).sum().backward()
+    assert torch.allclose(xa.grad, xb.grad, atol=1e-6)
 
 
 def test_candidate_scores_give_gradients_on_a_patch_over_the_face(model, small_astronaut):

@@ -151,7 +151,11 @@ def integral_image(x: Tensor) -> Tensor:
     n, c, h, w = x.shape
     ii = x.new_zeros((n, h + 1, w + 1, c), dtype=torch.float64)
     ii[:, 1:, 1:] = x.permute(0, 2, 3, 1)
-    return ii.cumsum(1).cumsum(2).reshape(-1, c)
+    if ii.requires_grad:
+        return ii.cumsum(1).cumsum(2).reshape(-1, c)
+    torch.cumsum(ii, 1, out=ii)                       # in place: no second batch-sized allocation
+    torch.cumsum(ii, 2, out=ii)
+    return ii.reshape(-1, c)
 
 
 def area_crops(x: Tensor, image_index: Tensor, boxes: Tensor, size: int,
@@ -167,7 +171,8 @@ def area_crops(x: Tensor, image_index: Tensor, boxes: Tensor, size: int,
         x: N×C×H×W images; image_index: K long; boxes: K×4 (x1, y1, x2, y2); size: output side.
         integral: ``integral_image(x)`` if already computed (it is the costly part for few crops).
     Returns:
-        K×C×size×size crops (``x``'s dtype). Boxes must give non-empty crops (see :func:`_valid_crops`).
+        K×C×size×size crops (``x``'s dtype, channels-last memory). Boxes must give non-empty crops
+        (see :func:`_valid_crops`).
     """
     n, c, h, w = x.shape
     ii = integral_image(x) if integral is None else integral
@@ -184,14 +189,16 @@ def area_crops(x: Tensor, image_index: Tensor, boxes: Tensor, size: int,
 
     ys, ye = bins(y0, y1)
     xs, xe = bins(x0, x1)
-    base = (image_index * (h + 1))[:, None, None]
+    base = (image_index * (h + 1))[:, None]
+    rs, re = (base + ys) * (w + 1), (base + ye) * (w + 1)            # first row of each bin edge
 
     def at(r, q):                                                   # K×S×S×C corner values
-        return ii[((base + r[:, :, None]) * (w + 1) + q[:, None, :]).flatten()].view(len(r), size, size, c)
+        return ii.index_select(0, (r[:, :, None] + q[:, None, :]).view(-1)).view(len(r), size, size, c)
 
-    total = at(ye, xe) - at(ys, xe) - at(ye, xs) + at(ys, xs)
+    total = at(re, xe).sub_(at(rs, xe)).sub_(at(re, xs)).add_(at(rs, xs))
     count = ((ye - ys)[:, :, None] * (xe - xs)[:, None, :]).unsqueeze(-1)
-    return (total / count).permute(0, 3, 1, 2).to(x.dtype).contiguous()
+    # K×S×S×C memory seen as K×C×S×S: channels-last, the layout the nets convert to anyway.
+    return total.div_(count).to(x.dtype).permute(0, 3, 1, 2)
 
 
 def _valid_crops(boxes: Tensor, h: int, w: int) -> Tensor:
