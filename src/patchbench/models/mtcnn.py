@@ -275,27 +275,31 @@ class MTCNN(nn.Module):
         images = check_images(images, "images", channels=3, allow_single=True)
         return images.to(self.device, torch.float32) * 255.0
 
-    def _pnet_cells(self, x255: Tensor, scale: float):
-        """All P-Net cells at one scale: (windows M×4, scores M, reg M×4, image index M)."""
+    def _pnet_cells(self, x255: Tensor, scale: float, threshold: Optional[float] = None):
+        """P-Net cells at one scale: (windows M×4, scores M, reg M×4, image index M); all cells, or
+        only those scoring ``>= threshold`` (found before any per-cell tensor is built)."""
         n, _, h, w = x255.shape
         im = F.interpolate(x255, size=(int(h * scale + 1), int(w * scale + 1)), mode="area")
         reg, prob = self.pnet(_normalize(im))
-        gh, gw = prob.shape[-2:]
-        yy, xx = torch.meshgrid(torch.arange(gh, device=x255.device), torch.arange(gw, device=x255.device),
-                                indexing="ij")
-        xy = torch.stack([xx, yy], -1).reshape(-1, 2).float()     # row/col → (x, y), reference flip
+        reg = reg.permute(0, 2, 3, 1)
+        if threshold is None:
+            gh, gw = prob.shape[-2:]
+            idx, yy, xx = (t.flatten() for t in torch.meshgrid(
+                *(torch.arange(k, device=x255.device) for k in (n, gh, gw)), indexing="ij"))
+            prob, reg = prob.reshape(-1), reg.reshape(-1, 4)          # views, cheap to differentiate
+        else:
+            idx, yy, xx = (prob >= threshold).nonzero(as_tuple=True)
+            prob, reg = prob[idx, yy, xx], reg[idx, yy, xx]
+        xy = torch.stack([xx, yy], 1).float()                      # row/col → (x, y), reference flip
         win = torch.cat([((2 * xy + 1) / scale).floor(), ((2 * xy + 12) / scale).floor()], 1)
-        idx = torch.arange(n, device=x255.device).repeat_interleave(gh * gw)
-        return (win.repeat(n, 1), prob.reshape(-1), reg.permute(0, 2, 3, 1).reshape(-1, 4), idx)
+        return win, prob, reg, idx
 
     @torch.no_grad()
     def _stage1(self, x255: Tensor):
         """P-Net proposals: threshold, NMS per scale (0.5) and per image (0.7), regress, square."""
         parts = []
         for s in self.scales(*x255.shape[-2:]):
-            win, score, reg, idx = self._pnet_cells(x255, s)
-            ok = score >= self.thresholds[0]
-            win, score, reg, idx = win[ok], score[ok], reg[ok], idx[ok]
+            win, score, reg, idx = self._pnet_cells(x255, s, self.thresholds[0])
             keep = batched_nms(win, score, idx, 0.5)
             parts.append((win[keep], score[keep], reg[keep], idx[keep]))
         if not parts:                                         # image smaller than P-Net's window

@@ -23,6 +23,13 @@ these budgets (precision stays 1.0, no detection on the patch; the paper saw it 
 WIDER FACE with anchor-based detectors). Only the "face" initialisation row — a face picture as the
 patch — shows the false positives on the patch (the Haar / LBP transfer rows count no detection on
 any optimised patch either; their precision drops come from false positives elsewhere).
+Starting *from* the face picture does not help either (measured 2026-11-21, α = 0.3, 32 train / 32 test
+composites + astronaut, lr 0.1): unoptimised, the face patch is detected 35 times (P 0.205, R 0.155);
+after Patch-IoU (6 or 30 epochs) it is detected 0 times (P 0.75 / 0.71 from two shifted face boxes,
+IoU 0.43 and 0.48 with the truth, none on the patch; R 0.10 / 0.09), after Patch-Combination (6
+epochs) 0 times too (P 1.0, R 0.33). Patch-IoU does not select windows on the patch, but on MTCNN
+those windows read the same pixels as the selected face windows, and pushing the latter down erases
+the patch's face-likeness as a side effect.
 
 MTCNN only outputs faces above its O-Net threshold 0.7, so Threshold-F_β curves are flat below 0.7. The
 plot's x-axis is the paper's s = s_p − s_n (footnote 4), which for a two-class softmax is logit(score);
