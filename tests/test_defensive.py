@@ -116,6 +116,31 @@ def test_training_noise_chances_and_chunks():
         DefensivePatchConfig(noise_chunks=0)
 
 
+def test_shared_ce_trains_the_shared_patch_on_the_ensemble_cross_entropy(tmp_path):
+    x, y = toy_data(64, 16)
+    models = [tiny(0), tiny(1)]
+    base = dict(models=("tiny_a", "tiny_b"), placement={"kind": "border", "width": 2}, epochs=2,
+                batch_size=32, prior_epochs=1, prior_lr=1e-4, lam=0.0, eot=False, seed=0)
+    # a weak prior (tiny lr); lam = 0: the Gram loss has no weight, so without shared_ce Stage 2
+    # leaves the prior as it is, and with it the shared patch learns the ensemble's classes
+    prior_only = train_defensive_patch(DefensivePatchConfig(**base), tmp_path / "a", progress=False,
+                                       models=models, data=(x, y))
+    with_ce = train_defensive_patch(DefensivePatchConfig(**base, shared_ce=1.0), tmp_path / "b",
+                                    progress=False, models=models, data=(x, y))
+
+    def ensemble_ce(patch):
+        with torch.no_grad():
+            z = apply_defensive_patch(x, y, patch)
+            return sum(float(nn.functional.cross_entropy(m(z), y)) for m in models) / len(models)
+
+    assert ensemble_ce(with_ce) < ensemble_ce(prior_only) - 0.1
+    for m in models:
+        before, after = (acc(m, apply_defensive_patch(x, y, p), y) for p in (prior_only, with_ce))
+        assert after > before + 0.3
+    with pytest.raises(ValueError, match="shared_ce"):
+        DefensivePatchConfig(shared_ce=-1.0)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("dp")

@@ -17,6 +17,11 @@ rotation / scale / shift of the whole patched image, as a camera would see the o
 noise-aware training applies a random common corruption (:mod:`patchbench.corruptions`) or PGD-L∞ noise
 (Madry et al. 2018) to the patched image before the cross-entropy step.
 
+Our addition (not in the authors' code): ``shared_ce > 0`` also trains the shared patch directly on the
+ensemble's mean cross-entropy (same EOT / noise as the model-specific epochs) next to its Gram loss;
+with the authors' recipe the shared patch only follows the model-specific ones through the Gram
+matrices. On Fashion-MNIST it adds 0.5–1.7 points of corruption gain (``presets.defensive_patch``).
+
 Example::
 
     cfg = DefensivePatchConfig(models=("fmnist_cnn_small", "fmnist_cnn_wide"), epochs=8)
@@ -66,6 +71,9 @@ class DefensivePatchConfig:
             is split into this many parts, each with its own noise draw (1 = one draw per batch), so
             one step sees several corruptions and severities; noise_probs: chances of (no noise,
             a corruption, PGD) per draw ((1/3, 1/3, 1/3)).
+        shared_ce: weight of a cross-entropy term (the ensemble's mean, on the same EOT / noise-aware
+            images as the model-specific epochs) added to the Gram loss of the shared patch (0 = the
+            authors' code: the shared patch follows the model-specific ones through the Gram loss only).
         train_limit: first N training images (None = all). image_size: photo size for imagenet (224).
         seed: 0. device: "cpu".
     """
@@ -94,6 +102,7 @@ class DefensivePatchConfig:
     pgd_steps: int = 2
     noise_chunks: int = 1
     noise_probs: Tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3)
+    shared_ce: float = 0.0
     train_limit: Optional[int] = None
     image_size: int = 224
     seed: int = 0
@@ -113,6 +122,9 @@ class DefensivePatchConfig:
         if self.dataset not in ("fashion-mnist", "imagenet-samples"):
             raise ValueError(f"DefensivePatchConfig.dataset: expected 'fashion-mnist' or "
                              f"'imagenet-samples', got {self.dataset!r}")
+        if not float(self.shared_ce) >= 0:
+            raise ValueError(f"DefensivePatchConfig.shared_ce: expected a weight >= 0, "
+                             f"got {self.shared_ce!r}")
         for name in ("epochs", "batch_size", "prior_epochs", "prior_steps", "prior_batch", "repeat",
                      "pgd_steps", "noise_chunks"):
             v = getattr(self, name)
@@ -226,6 +238,21 @@ def _batches(n: int, batch_size: int, g: torch.Generator, repeat: int = 1):
     return out
 
 
+def _ce_loss(model, patch: DefensivePatch, xb: Tensor, yb: Tensor, cfg, g, eot) -> Tensor:
+    """Cross-entropy of ``model`` on ``xb`` wearing ``patch``, seen through the training-time EOT
+    (photometric, then whole-image jitter) and, if noise-aware, random noise per batch chunk."""
+    photo = eot.sample(len(yb), g) if eot is not None else None
+    z = apply_defensive_patch(xb, yb, patch, photo, check=False)
+    if cfg.eot:
+        z = physical_jitter(z, g, cfg.eot_rotation, cfg.eot_scale, cfg.eot_shift)
+    if cfg.noise_aware:
+        z = torch.cat([training_noise(zc, yc, model, g, cfg.corruptions, cfg.pgd_eps, cfg.pgd_steps,
+                                      cfg.noise_probs)
+                       for zc, yc in zip(z.tensor_split(cfg.noise_chunks),
+                                         yb.tensor_split(cfg.noise_chunks)) if len(yc)])
+    return F.cross_entropy(model(z), yb)
+
+
 def _ce_epoch(model, base: DefensivePatch, x, y, cfg, lr: float, g, eot, bar) -> Tuple[Tensor, float]:
     """One epoch of cross-entropy training of a copy of the shared patch against ``model``."""
     p = base.patches.clone().requires_grad_(True)
@@ -236,16 +263,7 @@ def _ce_epoch(model, base: DefensivePatch, x, y, cfg, lr: float, g, eot, bar) ->
     for idx in _batches(len(x), cfg.batch_size, g, cfg.repeat):
         xb, yb = x[idx].to(dev), y[idx].to(dev)
         work.patches = p
-        photo = eot.sample(len(idx), g) if eot is not None else None
-        z = apply_defensive_patch(xb, yb, work, photo, check=False)
-        if cfg.eot:
-            z = physical_jitter(z, g, cfg.eot_rotation, cfg.eot_scale, cfg.eot_shift)
-        if cfg.noise_aware:
-            z = torch.cat([training_noise(zc, yc, model, g, cfg.corruptions, cfg.pgd_eps, cfg.pgd_steps,
-                                          cfg.noise_probs)
-                           for zc, yc in zip(z.tensor_split(cfg.noise_chunks),
-                                             yb.tensor_split(cfg.noise_chunks)) if len(yc)])
-        loss = F.cross_entropy(model(z), yb)
+        loss = _ce_loss(model, work, xb, yb, cfg, g, eot)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -257,8 +275,9 @@ def _ce_epoch(model, base: DefensivePatch, x, y, cfg, lr: float, g, eot, bar) ->
 
 
 def _gram_epoch(holder, opt, shared: DefensivePatch, specific: Sequence[Tensor], x, y, cfg, g,
-                bar) -> float:
-    """One epoch of the global feature-correlation update of the shared patch (notes, Stage 2)."""
+                bar, models=(), eot=None) -> float:
+    """One epoch of the global feature-correlation update of the shared patch (notes, Stage 2), plus
+    ``cfg.shared_ce`` × the ensemble's cross-entropy when that weight is positive."""
     dev = holder.patches.device
     total, steps = 0.0, 0
     for idx in _batches(len(x), cfg.batch_size, g, cfg.repeat):
@@ -271,6 +290,9 @@ def _gram_epoch(holder, opt, shared: DefensivePatch, specific: Sequence[Tensor],
                 z_k = apply_defensive_patch(xb, yb, DefensivePatch(pk, shared.mask, shared.classes,
                                                                    shared.class_ids), check=False)
             loss = loss + cfg.lam * gram_mse(z_s, z_k, shared.mask)
+        if cfg.shared_ce > 0:
+            loss = loss + cfg.shared_ce * sum(_ce_loss(m, shared, xb, yb, cfg, g, eot)
+                                              for m in models) / len(models)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -364,7 +386,7 @@ def _stage2(holder, opt, sched, models, mask, names, ids, placement, x, y, cfg, 
                 pk, loss = _ce_epoch(model, shared, x, y, cfg, lr, g, eot, bar)
                 specific.append(pk)
                 ce.append(loss)
-            gram = _gram_epoch(holder, opt, shared, specific, x, y, cfg, g, bar)
+            gram = _gram_epoch(holder, opt, shared, specific, x, y, cfg, g, bar, models, eot)
         sched.step()
         history.append({"epoch": epoch + 1, "lr": lr, "ce": ce, "gram": gram})
         save_checkpoint(ckpt, model=holder, optimizer=opt, scheduler=sched, epoch=epoch + 1,
