@@ -1,8 +1,10 @@
 """MTCNN throughput: one batched ``detect`` over N images vs a per-image loop over the same images.
 
 Batching runs every pyramid scale of all images through P-Net at once and all R-/O-Net crops of all
-images in one batch each. Both paths give the same detections (checked below). Prints images/s for
-both and, as its last line, ``mtcnn batched_speedup=S``.
+images in bounded chunks. Both paths give the same detections (checked below). Prints images/s for
+both and, as its last line, ``mtcnn batched_speedup=S``. The ratio grows with the number of images and
+shrinks with their size (per-call overhead vs convolution work): measured on the 2-core CPU, 2 threads,
+16×256² 1.6–1.9×, 32×192² (the face-patch preset's test set) 2.7–2.8×, 32×128² 3.5×.
 
 Usage: ``python bench/mtcnn_speed.py [--n 16] [--size 256] [--device cpu] [--threads 2] [--repeats 10]``
 """
