@@ -4,35 +4,21 @@ Batching runs every pyramid scale of all images through P-Net at once and all R-
 images in bounded chunks. Both paths give the same detections (checked below). Prints images/s for
 both and, as its last line, ``mtcnn batched_speedup=S``. The ratio grows with the number of images and
 shrinks with their size (per-call overhead vs convolution work): measured on the 2-core CPU, 2 threads,
-16×256² 1.6–1.9×, 32×192² (the face-patch preset's test set) 2.7–2.8×, 32×128² 3.5×.
+16×256² 1.8–1.9× (median of 10; best-of-N runs gave 1.6–1.9×), 32×192² (the face-patch preset's
+test set) 2.4×, 32×128² 3.8×.
 
 Usage: ``python bench/mtcnn_speed.py [--n 16] [--size 256] [--device cpu] [--threads 2] [--repeats 10]``
 """
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
 from patchbench.data.faces import composite_faces
 from patchbench.models.mtcnn import load_mtcnn
 
-
-def _best_times(fns, repeats: int, device: str) -> list:
-    """Best wall time of each function over ``repeats`` rounds, the functions alternating within a
-    round so that both see the same machine load."""
-    best = [float("inf")] * len(fns)
-    for _ in range(repeats):
-        for k, fn in enumerate(fns):
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            fn()
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            best[k] = min(best[k], time.perf_counter() - t0)
-    return best
+from _timing import interleaved_medians
 
 
 def main() -> None:
@@ -42,7 +28,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (0: leave torch's default)")
     ap.add_argument("--repeats", type=int, default=10,
-                    help="best of this many timings per path (the shared VM is noisy: best-of-3 varied 1.2-2.2x)")
+                    help="interleaved repetitions per path; the median is reported (this VM is noisy)")
     args = ap.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -55,9 +41,11 @@ def main() -> None:
         if len(a.boxes) != len(b.boxes) or not torch.allclose(a.boxes, b.boxes, atol=1e-2):
             raise SystemExit("batched and per-image detections differ")
 
-    t_batch, t_loop = _best_times([lambda: model.detect(x),
-                                   lambda: [model.detect(x[i:i + 1]) for i in range(len(x))]],
-                                  args.repeats, args.device)
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    t = interleaved_medians({"batched": lambda: model.detect(x),
+                             "loop": lambda: [model.detect(x[i:i + 1]) for i in range(len(x))]},
+                            args.repeats, sync)
+    t_batch, t_loop = t["batched"], t["loop"]
     faces = sum(len(d.boxes) for d in batched)
     print(f"device={args.device} threads={torch.get_num_threads()} images={args.n}x{args.size}^2 "
           f"faces_found={faces}")
