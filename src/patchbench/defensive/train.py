@@ -275,7 +275,7 @@ def _ce_epoch(model, base: DefensivePatch, x, y, cfg, lr: float, g, eot, bar) ->
 
 
 def _gram_epoch(holder, opt, shared: DefensivePatch, specific: Sequence[Tensor], x, y, cfg, g,
-                bar, models=(), eot=None) -> float:
+                bar, models: Sequence[nn.Module], eot) -> float:
     """One epoch of the global feature-correlation update of the shared patch (notes, Stage 2), plus
     ``cfg.shared_ce`` × the ensemble's cross-entropy when that weight is positive."""
     dev = holder.patches.device
