@@ -177,7 +177,8 @@ def test_tiny_cnn_takes_any_size_channels_and_classes_and_is_seeded():
     assert torch.equal(m(x), again(x)) and not torch.equal(m(x), other(x))
 
 
-@pytest.mark.parametrize("name", ["fmnist_cnn_small", "fmnist_cnn_wide"])
+@pytest.mark.parametrize("name", ["fmnist_cnn_small", "fmnist_cnn_wide", "fmnist_cnn_small_stickers",
+                                  "fmnist_cnn_wide_stickers", "fmnist_resnet_stickers"])
 def test_fashion_mnist_models_reach_90_percent_on_the_first_1000_test_images(name):
     if not fashion_mnist_available():
         pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
@@ -188,6 +189,25 @@ def test_fashion_mnist_models_reach_90_percent_on_the_first_1000_test_images(nam
     labels, _ = model.predict(x, batch_size=500)
     assert (labels == y).float().mean() >= 0.9
     assert model.class_names[9] == "Ankle boot" and model.channels == 1
+
+
+@pytest.mark.parametrize("name", ["fmnist_cnn_small", "fmnist_cnn_wide", "fmnist_resnet"])
+def test_sticker_tolerant_variants_lose_less_to_a_random_border(name):
+    """The ``_stickers`` fine-tunes (assets/README.md) must shrug off a noise frame that costs the
+    plain model far more: at most half of the plain model's drop, and at most 8 points."""
+    if not fashion_mnist_available():
+        pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+    x, y = load_fashion_mnist("test", limit=1000)
+    frame = torch.ones(28, 28)
+    frame[2:-2, 2:-2] = 0
+    noisy = torch.where(frame.bool(), torch.rand(x.shape, generator=torch.Generator().manual_seed(0)), x)
+    drops = []
+    for n in (name, f"{name}_stickers"):
+        model = models.load(n)
+        clean, _ = model.predict(x, batch_size=500)
+        framed, _ = model.predict(noisy, batch_size=500)
+        drops.append(float((clean == y).float().mean() - (framed == y).float().mean()))
+    assert drops[1] <= drops[0] / 2 and drops[1] <= 0.08, drops
 
 
 def test_the_two_fashion_mnist_architectures_differ():

@@ -121,3 +121,38 @@ def test_shift_flip_augmentation_moves_content_without_changing_it():
 def test_the_command_line_requires_an_architecture():
     with pytest.raises(SystemExit):
         tc.main_train_classifier(["--out", "x.pt"])
+
+
+def test_random_stickers_change_only_their_mask_and_are_seeded():
+    from patchbench.training.classifier import random_stickers
+    x = torch.rand(400, 1, 28, 28)
+    out, mask = random_stickers(x, torch.Generator().manual_seed(0), 0.5, return_mask=True)
+    assert torch.equal(out[mask == 0], x[mask == 0])
+    covered = mask.flatten(1).amax(1)
+    assert 0.4 < float(covered.mean()) < 0.6                        # about p of the images
+    cover = mask.flatten(1).mean(1)[covered > 0]
+    assert float(cover.min()) > 0 and float(cover.max()) <= 0.5       # stickers, not the whole image
+    again = random_stickers(x, torch.Generator().manual_seed(0), 0.5)
+    assert torch.equal(again, out)
+    assert torch.equal(random_stickers(x, torch.Generator().manual_seed(0), 0.0), x)
+    with pytest.raises(ValueError, match="chance"):
+        random_stickers(x, torch.Generator(), 1.5)
+
+
+def test_init_starts_from_given_weights_and_bad_init_is_named(tmp_path):
+    _train(tmp_path, "base")
+    base = torch.load(tmp_path / "base.pt", weights_only=True)
+    _train(tmp_path, "tuned", epochs=1, lr=1e-12, stickers=0.5, init=tmp_path / "base.pt")
+    tuned = torch.load(tmp_path / "tuned.pt", weights_only=True)
+    for k, v in base.items():
+        if v.is_floating_point() and "running" not in k:          # BN statistics move in train mode
+            assert torch.allclose(tuned[k], v, atol=1e-6), k
+    with pytest.raises(FileNotFoundError, match="init"):
+        _train(tmp_path, "missing", init=tmp_path / "nope.pt")
+    torch.save({"w": torch.zeros(3)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="does not fit"):
+        _train(tmp_path, "other", init=tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="no registered weights"):
+        _train(tmp_path, "pre", init="pretrained")
+    with pytest.raises(ValueError, match="stickers"):
+        _train(tmp_path, "st", stickers=2.0)

@@ -8,7 +8,9 @@ It differs from both registered models on purpose: ``fmnist_cnn_small`` (VGG-sty
 residual connections, strided convolutions instead of pooling, and a spatially averaged head.
 
 Importing this module registers ``"fmnist_resnet"`` in :mod:`patchbench.models.zoo`; its weights
-are ``assets/fmnist_resnet.pt`` (training command in ``assets/README.md``).
+are ``assets/fmnist_resnet.pt`` (training command in ``assets/README.md``). It also registers
+``"fmnist_resnet_stickers"``, the same network fine-tuned with random stickers
+(``assets/fmnist_resnet_stickers.pt``).
 
 Example::
 
@@ -74,3 +76,8 @@ SPEC = zoo.register(zoo.ModelSpec(
     weights=zoo.WeightSource("fmnist_resnet.pt", "patchbench", "assets/fmnist_resnet.pt",
                              hint="retrain it (see patchbench/assets/README.md, section fmnist_resnet)"),
     description="Fashion-MNIST small residual CNN with global average pooling (held-out architecture)"))
+SPEC_STICKERS = zoo.register(zoo.ModelSpec(
+    "fmnist_resnet_stickers", build=FmnistResNet, preprocess=_fmnist_pre,
+    weights=zoo.WeightSource("fmnist_resnet_stickers.pt", "patchbench", "assets/fmnist_resnet_stickers.pt",
+                             hint="retrain it (see patchbench/assets/README.md, sticker-tolerant models)"),
+    description="fmnist_resnet fine-tuned with random stickers (sticker-tolerant; assets/README.md)"))

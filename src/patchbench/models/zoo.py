@@ -283,6 +283,12 @@ def _register_builtins() -> None:
                                  hint=f"retrain it: `python -m patchbench.training.classifier "
                                       f"--arch {name} --out {name}.pt`"),
             description=f"Fashion-MNIST {what}, trained by patchbench (see assets/README.md)"))
+        register(ModelSpec(
+            f"{name}_stickers", build=cls, preprocess=fmnist_pre,
+            weights=WeightSource(f"{name}_stickers.pt", "patchbench", f"assets/{name}_stickers.pt",
+                                 hint="retrain it (see patchbench/assets/README.md, sticker-tolerant "
+                                      "models)"),
+            description=f"{name} fine-tuned with random stickers (sticker-tolerant; assets/README.md)"))
 
     def tiny_build(channels: int = 3, num_classes: int = 10, width: int = 8, input_size=None):
         return TinyCNN(in_channels=channels, num_classes=num_classes, width=width)

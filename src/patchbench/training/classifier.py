@@ -3,7 +3,9 @@
 Recipe: AdamW (Loshchilov & Hutter, ICLR 2019) with a one-cycle learning-rate schedule (Smith &
 Topin 2019, Sec. 3) over all steps, cross-entropy loss, and light augmentation — a random shift of up
 to ±2 px (zero padding, the background colour) and a horizontal flip with p = 0.5, the standard
-Fashion-MNIST augmentations. A full checkpoint (model, optimiser, scheduler, all RNG states,
+Fashion-MNIST augmentations; optionally random *stickers* (:func:`random_stickers`) and a start from
+existing weights (``init``), which together make the sticker-tolerant variants of the shipped models.
+A full checkpoint (model, optimiser, scheduler, all RNG states,
 config) is written atomically after every epoch; with ``resume=True`` a rerun continues from the last
 finished epoch and draws the same random numbers as an uninterrupted run. At the end the weights
 alone (float32 ``state_dict`` of the raw network) go to ``out_path``; ``patchbench.models.load(arch,
@@ -44,6 +46,65 @@ def random_shift_flip(x: Tensor, generator: torch.Generator, max_shift: int = 2)
     return torch.where(flip.view(n, 1, 1, 1), out.flip(-1), out)
 
 
+def random_stickers(x: Tensor, generator: torch.Generator, p: float = 0.5,
+                    return_mask: bool = False):
+    """Cover each image, with probability ``p``, by one random sticker, so a classifier learns that a
+    sticker on or around an object is not the object.
+
+    Half of the stickers are random-erasing rectangles (Zhong et al., "Random Erasing Data
+    Augmentation", AAAI 2020, Alg. 1: area 2–20 % of the image, aspect ratio e^U(−1.2, 1.2)); the other
+    half are frames along the image edge, 1–3 px wide with a 0–1 px margin — the shape of a border
+    patch (``patchbench.defensive``). The fill is uniform noise, a random constant, or smooth noise
+    (a bilinearly upsampled ``s×s`` grid, ``s`` in 2–7, one ``s`` per call), a third of the stickers each.
+
+    Args:
+        x: ``N×C×H×W`` images in [0, 1]. generator: the CPU generator all draws come from.
+        p: chance that an image gets a sticker (0 = identity). return_mask: also return the
+            ``N×1×H×W`` 0/1 sticker masks.
+
+    Returns:
+        The augmented images (pixels outside each mask are bit-identical to ``x``), and the masks when
+        ``return_mask``.
+    """
+    if not 0.0 <= float(p) <= 1.0:
+        raise ValueError(f"random_stickers: p must be a chance in [0, 1], got {p!r}")
+    n, c, h, w = x.shape
+    dev = x.device
+
+    def u(lo, hi):
+        return lo + (hi - lo) * torch.rand(n, generator=generator)
+
+    on = torch.rand(n, generator=generator) < float(p)
+    frame = torch.rand(n, generator=generator) < 0.5
+    rows, cols = torch.arange(h).view(1, h, 1), torch.arange(w).view(1, 1, w)
+
+    def inside(k):                                    # k: N margins -> N×H×W "at least k from the edge"
+        k = k.view(n, 1, 1)
+        return (rows >= k) & (rows < h - k) & (cols >= k) & (cols < w - k)
+
+    margin = torch.randint(0, 2, (n,), generator=generator)
+    width = torch.randint(1, 4, (n,), generator=generator)
+    m_frame = inside(margin) & ~inside(margin + width)
+    area = u(0.02, 0.2) * h * w
+    aspect = torch.exp(u(-1.2, 1.2))
+    rh = (area * aspect).sqrt().round().clamp(1, h).long()
+    rw = (area / aspect).sqrt().round().clamp(1, w).long()
+    top = (u(0, 1) * (h - rh + 1)).long().clamp(max=h - 1)
+    left = (u(0, 1) * (w - rw + 1)).long().clamp(max=w - 1)
+    m_rect = ((rows >= top.view(n, 1, 1)) & (rows < (top + rh).view(n, 1, 1))
+              & (cols >= left.view(n, 1, 1)) & (cols < (left + rw).view(n, 1, 1)))
+    mask = torch.where(frame.view(n, 1, 1), m_frame, m_rect) & on.view(n, 1, 1)
+    kind = torch.randint(0, 3, (n,), generator=generator).view(n, 1, 1, 1)
+    s = int(torch.randint(2, 8, (), generator=generator))
+    smooth = F.interpolate(torch.rand(n, c, s, s, generator=generator), size=(h, w), mode="bilinear",
+                           align_corners=False)
+    fill = torch.where(kind == 0, torch.rand(n, c, h, w, generator=generator),
+                       torch.where(kind == 1, torch.rand(n, c, 1, 1, generator=generator), smooth))
+    mask = mask.unsqueeze(1).to(dev)
+    out = torch.where(mask, fill.to(dev, x.dtype), x)
+    return (out, mask.to(x.dtype)) if return_mask else out
+
+
 @torch.no_grad()
 def accuracy(model, x: Tensor, y: Tensor, batch_size: int = 1000) -> float:
     """Top-1 accuracy of ``model`` (eval mode) on ``(x, y)``."""
@@ -74,7 +135,7 @@ def _check_data(data) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
                                                                                   name="y_test")
 
 
-def _train_one_epoch(model, opt, sched, x, y, batch_size, gen, augment, bar) -> Tuple[float, int]:
+def _train_one_epoch(model, opt, sched, x, y, batch_size, gen, augment, stickers, bar) -> Tuple[float, int]:
     model.train()
     dev = next(model.parameters()).device
     order = torch.randperm(len(x), generator=gen)
@@ -84,6 +145,8 @@ def _train_one_epoch(model, opt, sched, x, y, batch_size, gen, augment, bar) -> 
         xb, yb = x[idx].to(dev), y[idx].to(dev)
         if augment:
             xb = random_shift_flip(xb, gen)
+        if stickers > 0:
+            xb = random_stickers(xb, gen, stickers)
         loss = F.cross_entropy(model(xb), yb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -100,8 +163,8 @@ def train_classifier(arch: str, out_path, epochs: int = 10, batch_size: int = 12
                      seed: int = 0, resume: bool = True, progress: bool = True, *,
                      checkpoint_path=None, weight_decay: float = 5e-4, augment: bool = True,
                      device="cpu", root=None, data=None, train_limit: Optional[int] = None,
-                     test_limit: Optional[int] = None) -> float:
-    """Train ``arch`` from scratch on Fashion-MNIST and return its test accuracy.
+                     test_limit: Optional[int] = None, stickers: float = 0.0, init=None) -> float:
+    """Train ``arch`` on Fashion-MNIST (from scratch unless ``init``) and return its test accuracy.
 
     Args:
         arch: a registered model name (``"fmnist_cnn_small"``, ``"fmnist_cnn_wide"``, ``"tiny_cnn"``).
@@ -115,6 +178,9 @@ def train_classifier(arch: str, out_path, epochs: int = 10, batch_size: int = 12
         device: training device (default ``"cpu"``). root: Fashion-MNIST folder (default: system).
         data: ``(x_train, y_train, x_test, y_test)`` to train on instead of Fashion-MNIST.
         train_limit, test_limit: use only the first N images of each split (default all).
+        stickers: chance per training image of a random sticker (:func:`random_stickers`; default 0).
+        init: start from these weights instead of a random initialisation: ``"pretrained"`` (the
+            registered weights of ``arch``) or a weights file (default None: from scratch).
 
     Returns:
         Top-1 accuracy on the test images.
@@ -126,11 +192,19 @@ def train_classifier(arch: str, out_path, epochs: int = 10, batch_size: int = 12
                                          else _fashion_mnist_data(root, train_limit, test_limit))
     config = {"arch": arch, "epochs": epochs, "batch_size": batch_size, "lr": float(lr), "seed": int(seed),
               "weight_decay": float(weight_decay), "augment": bool(augment), "n_train": len(x_tr)}
+    if not 0.0 <= float(stickers) <= 1.0:
+        raise ValueError(f"stickers: expected a chance in [0, 1], got {stickers!r}")
+    if stickers:
+        config["stickers"] = float(stickers)
+    if init is not None:
+        config["init"] = str(init)
     spec = zoo.get_spec(arch)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     channels = {"channels": x_tr.shape[1]} if arch == "tiny_cnn" else {}
     model = zoo.load(arch, weights=False, device=device, seed=seed, **channels).train()
+    if init is not None:
+        _load_init(model, arch, init, device)
     opt = torch.optim.AdamW(model.net.parameters(), lr=lr, weight_decay=weight_decay)
     steps_per_epoch = -(-len(x_tr) // batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
@@ -145,7 +219,8 @@ def train_classifier(arch: str, out_path, epochs: int = 10, batch_size: int = 12
     for epoch in range(start, epochs):
         with tqdm(total=steps_per_epoch, desc=f"{spec.name} epoch {epoch + 1}/{epochs}",
                   disable=not progress, leave=False) as bar:
-            loss, n = _train_one_epoch(model, opt, sched, x_tr, y_tr, batch_size, gen, augment, bar)
+            loss, n = _train_one_epoch(model, opt, sched, x_tr, y_tr, batch_size, gen, augment,
+                                       float(stickers), bar)
         step += n
         history.append(loss)
         save_checkpoint(ckpt, model=model, optimizer=opt, scheduler=sched, epoch=epoch + 1, step=step,
@@ -156,11 +231,32 @@ def train_classifier(arch: str, out_path, epochs: int = 10, batch_size: int = 12
     return accuracy(model, x_te, y_te)
 
 
+def _load_init(model, arch: str, init, device) -> None:
+    """Copy the starting weights ``init`` ("pretrained" or a weights file) into ``model.net``."""
+    if str(init) == "pretrained":
+        if not zoo.get_spec(arch).pretrained_required:
+            raise ValueError(f"init='pretrained': {arch!r} has no registered weights; pass a weights file")
+        state = zoo.load(arch, device=device).net.state_dict()
+    else:
+        path = Path(init)
+        if not path.is_file():
+            raise FileNotFoundError(f"init: weights file {path} does not exist (or pass 'pretrained')")
+        try:
+            state = torch.load(path, map_location=device, weights_only=True)
+        except Exception as e:  # noqa: BLE001 - a wrong file fails in many ways
+            raise ValueError(f"init: {path} is not a weights file ({type(e).__name__}: {e})") from e
+    try:
+        model.net.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise ValueError(f"init: {init} does not fit {arch!r} ({type(e).__name__}: {str(e)[:300]})") from e
+
+
 def main_train_classifier(argv: Optional[Sequence[str]] = None) -> int:
     """Command line: ``patchbench train classifier --arch NAME --out FILE [--epochs N] ...``."""
     p = argparse.ArgumentParser(prog="patchbench train classifier",
                                 description="Train a small classifier on Fashion-MNIST (resumable).")
-    p.add_argument("--arch", required=True, help="fmnist_cnn_small | fmnist_cnn_wide | tiny_cnn")
+    p.add_argument("--arch", required=True,
+                   help="a registered model: fmnist_cnn_small | fmnist_cnn_wide | fmnist_resnet | tiny_cnn")
     p.add_argument("--out", required=True, help="weights file to write (float32 state_dict)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=128)
@@ -172,12 +268,16 @@ def main_train_classifier(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--data-root", default=None, help="Fashion-MNIST folder with the idx .gz files")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    p.add_argument("--stickers", type=float, default=0.0,
+                   help="chance per training image of a random sticker (default 0)")
+    p.add_argument("--init", default=None,
+                   help="start from 'pretrained' (the registered weights) or a weights file")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     acc = train_classifier(a.arch, a.out, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed,
                            resume=not a.no_resume, progress=not a.no_progress, checkpoint_path=a.checkpoint,
-                           device=a.device, root=a.data_root)
+                           device=a.device, root=a.data_root, stickers=a.stickers, init=a.init)
     print(f"{a.arch}: test accuracy {acc:.4f} -> {a.out}")
     return 0
 
