@@ -191,3 +191,27 @@ def test_metadata_that_does_not_match_the_model_is_an_error(trained):
         DefensivePatch(patch.patches[:2], patch.mask, NAMES, class_ids=[0, 1]).rows(torch.tensor([3]))
     with pytest.raises(ValueError, match="images"):
         apply_defensive_patch(torch.rand(2, 1, 20, 20), torch.tensor([0, 1]), patch)
+
+
+def test_evaluation_rows_controls_and_summary(trained):
+    from patchbench.defensive.apply import blank_patch_like
+    from patchbench.defensive.evaluate import PATCHES, evaluate_defensive_patch, summarize
+    _, _, patch, models, _ = trained
+    x, y = toy_data(24, 16, seed=3)
+    blank = apply_defensive_patch(x, y, blank_patch_like(patch))
+    m = patch.mask.bool()
+    assert (blank[..., m] == 0).all() and torch.equal(blank[..., ~m], x[..., ~m])
+    rows = evaluate_defensive_patch({"a": models[0], "b": models[1]}, x, y, patch, held_out={"b"},
+                                    corruptions=("contrast",), severities=(3,), epsilons=(4 / 255,),
+                                    pgd_steps=2, progress=False)
+    # per patch: clean + 1 corruption x 1 severity for both models, then fgsm + pgd per model
+    assert len(rows) == len(PATCHES) * (2 * 2 + 2 * 2) and {r["patch"] for r in rows} == set(PATCHES)
+    for r in rows:
+        assert r["held_out"] == (r["model"] == "b") and r["n"] == 24
+    s = {d["model"]: d for d in summarize(rows)}
+    clean_blank = [r["acc"] for r in rows if r["model"] == "a" and r["patch"] == "blank"
+                   and r["noise"] == "clean"][0]
+    assert s["a"]["clean_blank"] == clean_blank
+    assert s["a"]["corr_gain_blank"] == pytest.approx(100 * (s["a"]["corr_blank"] - s["a"]["corr_none"]))
+    with pytest.raises(ValueError, match="value"):
+        blank_patch_like(patch, 2.0)

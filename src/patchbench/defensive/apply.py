@@ -119,7 +119,7 @@ class DefensivePatch:
             them, in the model's order).
         class_ids: model class indices that have a patch (default ``range(K)``).
         placement: :class:`DefensivePlacement` (or its dict). meta: anything else worth keeping
-            (models, seed, config, kind "defensive" or "random").
+            (models, seed, config, kind "defensive", "random" or "blank").
 
     Example::
         >>> dp = DefensivePatch(torch.rand(10, 1, 28, 28), DefensivePlacement().mask((28, 28)), names)
@@ -302,3 +302,21 @@ def random_patch_like(patch: DefensivePatch, generator=None) -> DefensivePatch:
     noise = torch.rand(patch.patches.shape, generator=g, device=g.device).to(patch.patches.device)
     return DefensivePatch(noise, patch.mask, patch.classes, patch.class_ids, patch.placement,
                           {**patch.meta, "kind": "random"})
+
+
+def blank_patch_like(patch: DefensivePatch, value: float = 0.0) -> DefensivePatch:
+    """The occlusion control: the same mask filled with the constant ``value`` (default 0, the black
+    background of Fashion-MNIST). It hides exactly the pixels the defensive patch hides and adds no
+    content, so ``none − blank`` is what covering them costs and ``blank − random`` what a noise
+    pattern costs beyond that.
+
+    Example::
+        >>> occluded = apply_defensive_patch(x, y, blank_patch_like(dp))
+    """
+    if not isinstance(patch, DefensivePatch):
+        raise TypeError(f"blank_patch_like: expected a DefensivePatch, got {type(patch).__name__}")
+    if not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"blank_patch_like: value must be in [0, 1], got {value!r}")
+    fill = torch.full_like(patch.patches, float(value))
+    return DefensivePatch(fill, patch.mask, patch.classes, patch.class_ids, patch.placement,
+                          {**patch.meta, "kind": "blank"})

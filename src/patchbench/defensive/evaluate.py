@@ -6,11 +6,14 @@ on average for both corruption and adversarial robustness, and transfer across m
 is the defender's (``defensive-patch-notes.md``): the patch of the object's true class is stuck on
 it *before* the noise, so a corruption degrades the patch too, and the adversary perturbs the
 patched image — the patch included — with FGSM (Goodfellow et al. 2015) or PGD-L∞ (Madry et al. 2018,
-Eq. 2; white-box against the evaluated model). The random control (uniform noise in the same mask)
-separates "a class-specific pattern helps" from "covering part of the image changes things".
+Eq. 2; white-box against the evaluated model). Two controls use the same mask: "random" (uniform
+noise, one pattern per class) separates "a class-specific pattern helps" from "a sticker changes
+things"; "blank" (the mask filled with black) is what hiding those pixels alone costs — where the
+placement covers part of the object (Fashion-MNIST's objects reach the image edge), even a perfectly
+sticker-tolerant model loses that much with any patch that carries no class information.
 
 Rows (one per model × patch × noise × severity): ``model``, ``held_out``, ``patch`` ("none" |
-"defensive" | "random"), ``noise`` (a corruption name, "clean", "fgsm" or "pgd"), ``family``,
+"defensive" | "random" | "blank"), ``noise`` (a corruption name, "clean", "fgsm" or "pgd"), ``family``,
 ``severity`` (1–5, or ε for adversarial noise, 0 for clean), ``n``, ``acc``, ``lo``, ``hi`` (95 %
 Wilson interval).
 
@@ -31,10 +34,10 @@ from .._validation import check_images, check_labels
 from ..attacks.masked_pgd import MaskedPGD
 from ..corruptions import CORRUPTIONS, corrupt, family
 from ..metrics.classification import Rate, predict_labels
-from .apply import DefensivePatch, apply_defensive_patch, random_patch_like
+from .apply import DefensivePatch, apply_defensive_patch, blank_patch_like, random_patch_like
 
 EPSILONS = (2 / 255, 4 / 255, 8 / 255)
-PATCHES = ("none", "defensive", "random")
+PATCHES = ("none", "defensive", "random", "blank")
 
 
 def _row(model_name, held_out, patch, noise, severity, pred, y) -> dict:
@@ -45,10 +48,12 @@ def _row(model_name, held_out, patch, noise, severity, pred, y) -> dict:
 
 
 def patched_variants(x: Tensor, y: Tensor, patch: DefensivePatch, seed: int = 0) -> Dict[str, Tensor]:
-    """``{"none": x, "defensive": x with its class patch, "random": x with the random control}``."""
+    """``{"none": x, "defensive": x with its class patch, "random": x with the random control,
+    "blank": x with the mask blacked out}``."""
     control = random_patch_like(patch, generator=seed + 1)
     return {"none": x, "defensive": apply_defensive_patch(x, y, patch),
-            "random": apply_defensive_patch(x, y, control)}
+            "random": apply_defensive_patch(x, y, control),
+            "blank": apply_defensive_patch(x, y, blank_patch_like(patch))}
 
 
 def adversarial_images(model, x: Tensor, y: Tensor, attack: str, eps: float, steps: int = 10,
@@ -149,7 +154,7 @@ def summarize(rows: Sequence[dict], severities: Sequence[int] = (3, 4, 5),
                                        and r["severity"] in severities])
             s[f"pgd_{kind}"] = _mean([r["acc"] for r in k if r["noise"] == "pgd"
                                       and abs(r["severity"] - pgd_eps) < 1e-6])
-        for kind in ("defensive", "random"):
+        for kind in PATCHES[1:]:
             for what in ("corr", "pgd"):
                 s[f"{what}_gain_{kind}"] = 100 * (s[f"{what}_{kind}"] - s[f"{what}_none"])
         out.append(s)
@@ -175,13 +180,13 @@ def family_table(rows: Sequence[dict], fam: str, severities: Sequence = (1, 2, 3
 
 def severity_plot(rows: Sequence[dict], title: str = ""):
     """Matplotlib figure: accuracy vs corruption severity (mean over corruptions), one line per
-    model × patch (solid: defensive, dashed: none, dotted: random)."""
+    model × patch (solid: defensive, dashed: none, dotted: random, dash-dot: blank)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    styles = {"defensive": "-", "none": "--", "random": ":"}
+    styles = {"defensive": "-", "none": "--", "random": ":", "blank": "-."}
     models = list(dict.fromkeys(r["model"] for r in rows))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, model in enumerate(models):
