@@ -300,8 +300,7 @@ def random_patch_like(patch: DefensivePatch, generator=None) -> DefensivePatch:
         raise TypeError(f"random_patch_like: expected a DefensivePatch, got {type(patch).__name__}")
     g = make_generator(generator)
     noise = torch.rand(patch.patches.shape, generator=g, device=g.device).to(patch.patches.device)
-    return DefensivePatch(noise, patch.mask, patch.classes, patch.class_ids, patch.placement,
-                          {**patch.meta, "kind": "random"})
+    return _control(patch, noise, "random")
 
 
 def blank_patch_like(patch: DefensivePatch, value: float = 0.0) -> DefensivePatch:
@@ -317,6 +316,10 @@ def blank_patch_like(patch: DefensivePatch, value: float = 0.0) -> DefensivePatc
         raise TypeError(f"blank_patch_like: expected a DefensivePatch, got {type(patch).__name__}")
     if not 0.0 <= float(value) <= 1.0:
         raise ValueError(f"blank_patch_like: value must be in [0, 1], got {value!r}")
-    fill = torch.full_like(patch.patches, float(value))
+    return _control(patch, torch.full_like(patch.patches, float(value)), "blank")
+
+
+def _control(patch: DefensivePatch, fill: Tensor, kind: str) -> DefensivePatch:
+    """A control patch: ``fill`` in ``patch``'s mask, for its classes, marked ``kind`` in the metadata."""
     return DefensivePatch(fill, patch.mask, patch.classes, patch.class_ids, patch.placement,
-                          {**patch.meta, "kind": "blank"})
+                          {**patch.meta, "kind": kind})
