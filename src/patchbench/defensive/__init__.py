@@ -6,8 +6,8 @@ under common corruptions and adversarial noise.
 * :mod:`~patchbench.defensive.train` — Stage 2, ensemble training with the global feature-correlation
   (Gram) loss, EOT and optional noise-aware training; ``DefensivePatchConfig``, the CLI entry point;
 * :mod:`~patchbench.defensive.apply` — placements, :class:`DefensivePatch`, applying it, the random
-  control;
-* :mod:`~patchbench.defensive.evaluate` — accuracy with / without / with a random patch under
+  and blank (occlusion) controls;
+* :mod:`~patchbench.defensive.evaluate` — accuracy with / without / with a control patch under
   corruptions and FGSM / PGD-L∞, on training and held-out models.
 
 Example::
@@ -16,11 +16,11 @@ Example::
     patch = DefensivePatch.load("defensive_patch.pt"); patch.check_model(model)
     acc = (model(apply_defensive_patch(x, y, patch)).argmax(1) == y).float().mean()
 """
-from .apply import (DefensivePatch, DefensivePlacement, apply_defensive_patch, physical_jitter,
-                    random_patch_like)
+from .apply import (DefensivePatch, DefensivePlacement, apply_defensive_patch, blank_patch_like,
+                    physical_jitter, random_patch_like)
 from .prior import train_class_prior
 from .train import DefensivePatchConfig, main_train_defensive_patch, train_defensive_patch
 
-__all__ = ["DefensivePatch", "DefensivePlacement", "apply_defensive_patch", "physical_jitter",
-           "random_patch_like", "train_class_prior", "DefensivePatchConfig",
+__all__ = ["DefensivePatch", "DefensivePlacement", "apply_defensive_patch", "blank_patch_like",
+           "physical_jitter", "random_patch_like", "train_class_prior", "DefensivePatchConfig",
            "main_train_defensive_patch", "train_defensive_patch"]

@@ -1,4 +1,4 @@
-"""Evaluating defensive patches: accuracy with the patch vs without vs a random patch, under common
+"""Evaluating defensive patches: accuracy with the patch vs without vs control patches, under common
 corruptions and adversarial noise, on the models the patch was trained on and on held-out models.
 
 The claim to test (Wang et al. CVPR 2022, abstract): defensive patches improve accuracy by 20+ points
@@ -76,8 +76,8 @@ def evaluate_defensive_patch(models: Dict[str, object], x: Tensor, y, patch: Def
                              epsilons: Sequence[float] = EPSILONS, pgd_steps: int = 10,
                              n_adv: Optional[int] = None, batch_size: int = 250, seed: int = 0,
                              progress: bool = True) -> List[dict]:
-    """Accuracy of every model on ``x`` without / with the defensive / with a random patch, clean,
-    under each corruption × severity and under FGSM / PGD-L∞ at each ε.
+    """Accuracy of every model on ``x`` without / with the defensive / with the random and the blank
+    control patch, clean, under each corruption × severity and under FGSM / PGD-L∞ at each ε.
 
     Args:
         models: name → classifier (``N×C×H×W`` in [0, 1] → logits); all must match ``patch``'s classes.
@@ -141,8 +141,8 @@ def _mean(vals: List[float]) -> float:
 def summarize(rows: Sequence[dict], severities: Sequence[int] = (3, 4, 5),
               pgd_eps: float = 4 / 255) -> List[dict]:
     """Per model: clean accuracy, mean corruption accuracy at ``severities`` (default 3–5, over all
-    corruptions) and PGD accuracy at ``pgd_eps``, for each patch, plus the gains of the defensive and
-    random patches over no patch (in accuracy points ×100)."""
+    corruptions) and PGD accuracy at ``pgd_eps``, for each patch, plus the gains of the defensive,
+    random and blank patches over no patch (in accuracy points ×100)."""
     out = []
     for model in dict.fromkeys(r["model"] for r in rows):
         mine = [r for r in rows if r["model"] == model]
