@@ -197,10 +197,10 @@ def test_sticker_tolerant_variants_lose_less_to_a_random_border(name):
     plain model far more: at most half of the plain model's drop, and at most 8 points."""
     if not fashion_mnist_available():
         pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+    from patchbench.defensive import DefensivePlacement
     x, y = load_fashion_mnist("test", limit=1000)
-    frame = torch.ones(28, 28)
-    frame[2:-2, 2:-2] = 0
-    noisy = torch.where(frame.bool(), torch.rand(x.shape, generator=torch.Generator().manual_seed(0)), x)
+    frame = DefensivePlacement("border", width=2).mask((28, 28)).bool()    # the preset's placement
+    noisy = torch.where(frame, torch.rand(x.shape, generator=torch.Generator().manual_seed(0)), x)
     drops = []
     for n in (name, f"{name}_stickers"):
         model = models.load(n)
