@@ -6,7 +6,7 @@ from torch import nn
 from patchbench.attacks import MaskedPGD
 from patchbench.attacks.base import AttackResult, PatchAttack
 from patchbench.defenses import LGS, Defended, GTMaskOracle
-from patchbench.evaluate import evaluate
+from patchbench.evaluation import evaluate
 from patchbench.models.base import ImageClassifier
 from patchbench.patches import Threat
 
@@ -102,3 +102,21 @@ def test_gt_mask_oracle_works_on_more_images_than_one_prediction_batch():
     e = evaluate(model, x, y, MaskedPGD(steps=5, step=0.2), GTMaskOracle(fill=0.9), Threat(area=0.05),
                  generator=0, batch_size=2)
     assert e.robust.value == 1.0
+
+
+def test_lazy_public_names_stay_what_they_are_on_every_use():
+    """Regression: ``pb.evaluate`` was the function once, then the submodule that import bound over it."""
+    import importlib
+    import types
+
+    import patchbench as pb
+
+    for _ in range(3):
+        assert callable(pb.evaluate) and not isinstance(pb.evaluate, types.ModuleType)
+        assert isinstance(pb.Threat, type)
+    for name in pb._SUBMODULES:
+        assert isinstance(getattr(pb, name), types.ModuleType), name
+    for name, (module, attr) in pb._FUNCTIONS.items():
+        importlib.import_module(f"patchbench.{module}")
+        assert getattr(pb, name) is getattr(importlib.import_module(f"patchbench.{module}"), attr)
+        assert not isinstance(getattr(pb, name), types.ModuleType), name

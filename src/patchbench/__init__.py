@@ -13,13 +13,24 @@ _SUBMODULES = ("patches", "models", "data", "attacks", "defenses", "defensive", 
                "training", "metrics", "bench")
 
 
+_FUNCTIONS = {"Threat": ("patches.threat", "Threat"), "evaluate": ("evaluation", "evaluate"),
+              "Evaluation": ("evaluation", "Evaluation")}
+
+
 def __getattr__(name):
+    # The resolved object is cached in the module's globals, so later look-ups never reach this
+    # hook again. Function names never share a submodule's name (the submodule import would bind
+    # itself over the function: ``pb.evaluate`` once was the module on its second use).
     if name in _SUBMODULES:
-        return importlib.import_module(f"{__name__}.{name}")
-    if name == "Threat":
-        from .patches.threat import Threat
-        return Threat
-    if name == "evaluate":
-        from .evaluate import evaluate
-        return evaluate
-    raise AttributeError(f"module 'patchbench' has no attribute {name!r}")
+        obj = importlib.import_module(f"{__name__}.{name}")
+    elif name in _FUNCTIONS:
+        module, attr = _FUNCTIONS[name]
+        obj = getattr(importlib.import_module(f"{__name__}.{module}"), attr)
+    else:
+        raise AttributeError(f"module 'patchbench' has no attribute {name!r}")
+    globals()[name] = obj
+    return obj
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_SUBMODULES) | set(_FUNCTIONS))

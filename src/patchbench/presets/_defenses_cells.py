@@ -10,7 +10,7 @@ Attackers (PatchZero, Xu et al. WACV 2023, §3.3 and Table 1):
 * downstream-only (DO, ``adaptive = False``): the attack runs on the bare classifier and the defense
   sees the result. Every DO cell of one (attack, area) shares the *same* attacked images — the attack
   only depends on the classifier and the seed — so it is run once and cached in ``cache/``.
-* adaptive (``adaptive = True``): :func:`patchbench.evaluate.evaluate` attacks
+* adaptive (``adaptive = True``): :func:`patchbench.evaluation.evaluate` attacks
   ``Defended(model, defense)``, passing gradients as the defense declares (exact, BPDA, EOT).
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Callable, Dict, Optional
 import torch
 from torch import Tensor
 
-from ..evaluate import evaluate
+from ..evaluation import evaluate
 from ..metrics import classification as M
 
 ATTACK_LABELS = {"masked-pgd": "MPGD", "masked-apgd": "MAPGD", "masked-cw": "MCW"}
