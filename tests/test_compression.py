@@ -92,5 +92,5 @@ def test_filters_run_on_the_inputs_device_and_reject_bad_arguments():
         MedianFilter(9)(torch.rand(1, 1, 4, 4))
     with pytest.raises(ValueError, match="1 or 3 channels"):
         JPEG()(torch.rand(1, 2, 8, 8))
-    with pytest.raises(ValueError, match="surrogate"):
+    with pytest.raises(LookupError, match="surrogate"):
         JPEG(surrogate="bilinear")

@@ -126,7 +126,7 @@ def test_binarize_backward_modes():
     p.grad = None
     binarize(p, 0.5, "bpda-straight-through").sum().backward()
     assert p.grad.tolist() == [1.0, 1.0, 1.0]
-    with pytest.raises(ValueError, match="mode"):
+    with pytest.raises(LookupError, match="mode"):
         binarize(p, 0.5, "soft")
     x = torch.zeros(3, requires_grad=True)
     bpda(torch.ones(3), x * 2).sum().backward()
@@ -211,7 +211,7 @@ def test_gt_mask_oracle_fill_and_errors():
     torch.testing.assert_close(out[0, :, 0, 0], torch.tensor([0.485, 0.456, 0.406]))
     with pytest.raises(ValueError, match="no mask set"):
         GTMaskOracle()(x)
-    with pytest.raises(ValueError, match="mask must be"):
+    with pytest.raises(ValueError, match="mask"):
         GTMaskOracle()(x, mask=torch.zeros(3, 1, 8, 8))
     with pytest.raises(ValueError, match="channels"):
         GTMaskOracle(fill=(0.1, 0.2))(x, mask=m)

@@ -104,5 +104,5 @@ def test_bad_inputs_are_rejected():
         afbeta(_perfect(), GT, 0.1, thresholds=[0.5, 0.2])
     with pytest.raises(ValueError, match="beta"):
         afbeta(_perfect(), GT, 0.0)
-    with pytest.raises(ValueError, match="criterion"):
+    with pytest.raises(LookupError, match="criterion"):
         count_patch_detections(_perfect(), torch.zeros(2, 4), criterion="overlap")

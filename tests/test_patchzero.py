@@ -99,7 +99,7 @@ def test_save_load_roundtrip_and_wrong_size_or_channels_error(tmp_path):
 
 
 def test_bad_arguments_are_rejected():
-    with pytest.raises(ValueError, match="gradient"):
+    with pytest.raises(LookupError, match="gradient"):
         PatchZero(_tiny_unet(), gradient="bpda-magic")
     with pytest.raises(ValueError, match="dilation"):
         PatchZero(_tiny_unet(), dilation=-1)

@@ -313,7 +313,7 @@ def check_fill(value, name: str, channels: Optional[int] = None):
     """A fill value in [0, 1]: a number, or one value per channel (sequence or tensor ``C``)."""
     if isinstance(value, (list, tuple, Tensor)):
         t = torch.as_tensor(value, dtype=torch.float32) if not isinstance(value, Tensor) else value
-        if t.dim() != 1 or (channels is not None and t.numel() not in (1, channels)):
+        if t.dim() != 1 or t.numel() == 0 or (channels is not None and t.numel() not in (1, channels)):
             c = f"1 or {channels}" if channels is not None else "C"
             raise ValueError(f"{name}: expected a number or {c} per-channel values, got shape "
                              f"{tuple(t.shape)}")

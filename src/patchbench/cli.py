@@ -1,10 +1,102 @@
 """The ``patchbench`` command. Sub-commands import their machinery lazily so ``--help`` is instant and
-one broken optional area never breaks another."""
+one broken optional area never breaks another.
+
+User errors (bad flags, unknown names, missing files, ...) end as one line ``patchbench: error: ...``
+on stderr and exit code 2, with no traceback; flags are checked when they are parsed, before any
+model is loaded or any attack / training starts. The argparse helpers here (:class:`ArgumentParser`,
+``*_arg`` types) are shared by the sub-commands' own parsers (``train TARGET``, ``evaluate --preset``).
+"""
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import List, Optional
+from typing import Callable, List, Optional
+
+#: what a user error may raise below the parser; anything else is a bug and keeps its traceback
+USER_ERRORS = (ValueError, LookupError, TypeError, OSError, ImportError)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line ``patchbench: error: ...`` (exit code 2)."""
+
+    def error(self, message: str):
+        print(f"patchbench: error: {message} (see: {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _arg(check: Callable, *args, **kwargs) -> Callable[[str], object]:
+    """An argparse ``type=`` from a ``_validation`` check: the check's message (without its name
+    prefix) becomes ``argument --flag: ...``."""
+    def convert(text: str):
+        try:
+            return check(text, *args, **kwargs)
+        except (TypeError, ValueError, LookupError, FileNotFoundError) as e:
+            msg = str(e)
+            raise argparse.ArgumentTypeError(msg[len("value: "):] if msg.startswith("value: ")
+                                             else msg) from None
+    convert.__name__ = getattr(check, "__name__", "value")
+    return convert
+
+
+def _int(text: str, minimum: int) -> int:
+    from ._validation import check_int
+    try:
+        v = int(text)
+    except ValueError:
+        raise ValueError(f"value: expected an integer, got {text!r}") from None
+    return check_int(v, "value", minimum)
+
+
+def _float(text: str, low=None, high=None, low_inclusive=True, high_inclusive=True) -> float:
+    from ._validation import check_number
+    try:
+        v = float(text)
+    except ValueError:
+        raise ValueError(f"value: expected a number, got {text!r}") from None
+    return check_number(v, "value", low, high, low_inclusive, high_inclusive)
+
+
+def _seed(text: str) -> int:
+    from ._validation import check_seed
+    return check_seed(_int(text, 0), "value")
+
+
+def _device(text: str) -> str:
+    from ._validation import check_device
+    check_device(text, "value")
+    return text
+
+
+def _out_dir(text: str) -> str:
+    from ._validation import check_path
+    check_path(text, "value", kind="dir", must_exist=False)
+    return text
+
+
+def _out_file(text: str) -> str:
+    from ._validation import check_path
+    check_path(text, "value", kind="file", must_exist=False)
+    return text
+
+
+def _config_file(text: str) -> str:
+    from ._validation import check_path
+    check_path(text, "value", kind="file", must_exist=True)
+    return text
+
+
+positive_int_arg = _arg(_int, 1)
+nonnegative_int_arg = _arg(_int, 0)
+threads_arg = _arg(_int, 1)
+seed_arg = _arg(_seed)
+positive_float_arg = _arg(_float, 0.0, None, False)
+nonnegative_float_arg = _arg(_float, 0.0)
+fraction_arg = _arg(_float, 0.0, 1.0, False, False)          # open interval (0, 1): patch areas
+chance_arg = _arg(_float, 0.0, 1.0)                          # closed [0, 1]: probabilities
+device_arg = _arg(_device)
+out_dir_arg = _arg(_out_dir)
+out_file_arg = _arg(_out_file)
+config_file_arg = _arg(_config_file)
 
 
 def _cmd_demo(args) -> int:
@@ -37,75 +129,101 @@ def _cmd_train(args, rest: List[str]) -> int:
     elif what == "face-patch":
         from .attacks.face import main_train_face_patch as fn
     else:  # argparse choices make this unreachable; kept as a clear message for direct callers
-        raise SystemExit(f"unknown training target {what!r}")
+        raise LookupError(f"unknown training target {what!r}")
     return int(fn(rest) or 0)
 
 
 def _cmd_evaluate(args, rest: List[str]) -> int:
-    from .presets import run_preset
+    from .presets import check_preset, run_preset
 
     if not args.preset:
         args.parser.print_help()
         return 0 if {"-h", "--help"} & set(rest) else 2
+    try:
+        check_preset(args.preset)                    # an unknown name fails before its imports
+    except LookupError as e:
+        raise LookupError(f"--preset: {e}") from None
     run_preset(args.preset, out_dir=args.out, argv=rest)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="patchbench",
-                                description="Attack, defend and benchmark vision models against physical patches.")
+    p = ArgumentParser(prog="patchbench",
+                       description="Attack, defend and benchmark vision models against physical patches.")
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="real model, real photos, patch attacks → HTML report (offline)")
-    d.add_argument("--out", default="reports/demo", help="output folder (default reports/demo)")
+    d.add_argument("--out", default="reports/demo", type=out_dir_arg,
+                   help="output folder (default reports/demo)")
     d.add_argument("--quick", action="store_true", help="fewer images/steps (smoke test)")
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--device", default="cpu", help="cpu or cuda")
+    d.add_argument("--seed", type=seed_arg, default=0)
+    d.add_argument("--device", default="cpu", type=device_arg, help="cpu or cuda")
     d.set_defaults(func=_cmd_demo)
 
     a = sub.add_parser("attack", help="attack a model on a folder of images")
     a.add_argument("--model", default="mobilenet_v2")
     a.add_argument("--attack", default="masked-pgd")
-    a.add_argument("--area", type=float, default=0.05, help="patch area as a fraction of the image")
+    a.add_argument("--area", type=fraction_arg, default=0.05,
+                   help="patch area as a fraction of the image, in (0, 1)")
     a.add_argument("--shape", default="square")
     a.add_argument("--images", required=True, help="a folder of images (or class sub-folders)")
-    a.add_argument("--out", default="runs/attack")
-    a.add_argument("--steps", type=int, default=None)
-    a.add_argument("--target", type=int, default=None, help="target class for a targeted attack")
-    a.add_argument("--seed", type=int, default=0)
-    a.add_argument("--device", default="cpu")
+    a.add_argument("--out", default="runs/attack", type=out_dir_arg, help="output folder")
+    a.add_argument("--steps", type=positive_int_arg, default=None,
+                   help="iterations (the attack's steps, or epochs for a universal patch)")
+    a.add_argument("--target", type=nonnegative_int_arg, default=None,
+                   help="target class for a targeted attack")
+    a.add_argument("--seed", type=seed_arg, default=0)
+    a.add_argument("--device", default="cpu", type=device_arg)
     a.set_defaults(func=_cmd_attack)
 
     # add_help=False: `patchbench train classifier --help` reaches the target's own parser.
     t = sub.add_parser("train", add_help=False,
                        help="train a model/detector/patch (options after the target; TARGET --help)")
-    t.add_argument("what", nargs="?", choices=["classifier", "patchzero", "defensive-patch", "face-patch"])
+    targets = ["classifier", "patchzero", "defensive-patch", "face-patch"]
+    t.add_argument("what", nargs="?", metavar="TARGET", choices=targets, help=" | ".join(targets))
     t.set_defaults(func=_cmd_train, takes_rest=True, parser=t)
 
     e = sub.add_parser("evaluate", add_help=False,
                        help="run an evaluation preset end to end (--preset NAME --help: its options)")
     e.add_argument("--preset", required=False,
                    help="defenses | defensive-patch | face-patch")
-    e.add_argument("--out", default=None, help="output folder (default reports/<preset>)")
+    e.add_argument("--out", default=None, type=out_dir_arg,
+                   help="output folder (default reports/<preset>)")
     e.set_defaults(func=_cmd_evaluate, takes_rest=True, parser=e)
     return p
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Run ``patchbench ARGV``; returns the exit code (0 done, 2 user error — usage errors included,
+    130 interrupted). ``--help`` raises ``SystemExit(0)`` as argparse does."""
     parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
     try:
+        args, rest = parser.parse_known_args(argv)
         if getattr(args, "takes_rest", False):
             return args.func(args, rest)
         if rest:
             parser.error(f"unrecognised arguments: {' '.join(rest)}")
         return args.func(args)
-    except (ValueError, LookupError, FileNotFoundError, TypeError) as e:
-        print(f"patchbench: error: {e}", file=sys.stderr)
+    except USER_ERRORS as e:
+        print(f"patchbench: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except SystemExit as e:                 # usage errors of this parser or of a sub-command's
+        if e.code in (0, None):
+            raise
+        if not isinstance(e.code, int):        # SystemExit("message"): a user error, as one line
+            print(f"patchbench: error: {' '.join(str(e.code).split())}", file=sys.stderr)
+            return 2
+        return e.code
     except KeyboardInterrupt:
         print("patchbench: interrupted (finished work is saved)", file=sys.stderr)
         return 130
+
+
+def _one_line(e: BaseException) -> str:
+    msg = " ".join(str(e).split()) or type(e).__name__
+    if isinstance(e, OSError) and not isinstance(e, FileNotFoundError) and e.filename:
+        msg = f"{e.filename}: {e.strerror or msg}"
+    return msg
 
 
 if __name__ == "__main__":

@@ -182,11 +182,15 @@ def _summary_table(rep: Report, rows: List[dict]) -> None:
 
 
 def run_demo(out_dir="reports/demo", quick: bool = False, seed: int = 0, device="cpu") -> Path:
-    """Run the demo and write ``out_dir/index.html``, ``results.json`` and ``results.csv``."""
+    """Run the demo and write ``out_dir/index.html``, ``results.json`` and ``results.csv``.
+    The arguments are checked before any model is loaded."""
     from . import data, models
+    from ._validation import check_bool, check_device, check_path, check_seed
 
+    out = check_path(out_dir, "out_dir", kind="dir", must_exist=False)
+    quick, seed = check_bool(quick, "quick"), check_seed(seed, "seed")
+    device = check_device(device, "device")
     torch.manual_seed(seed)
-    out = Path(out_dir)
     steps = 20 if quick else 100
     uni_epochs = 5 if quick else 40
     fm_n = 100 if quick else 500

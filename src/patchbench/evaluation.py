@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ._validation import check_images, check_labels, make_generator
+from ._validation import check_bool, check_images, check_labels, check_positive_int, make_generator
 
 
 @dataclass
@@ -67,8 +67,21 @@ def evaluate(model, x: Tensor, y: Tensor, attack=None, defense=None, threat=None
     """
     from .metrics import classification as M
 
-    x = check_images(x, "x")
-    y = check_labels(y, x.shape[0], getattr(model, "num_classes", None), "y")
+    if not callable(model):
+        raise TypeError(f"model: expected a classifier (an nn.Module returning logits), got "
+                        f"{type(model).__name__}")
+    if attack is not None and (isinstance(attack, type) or not callable(getattr(attack, "run", None))):
+        raise TypeError(f"attack: expected a patchbench PatchAttack (e.g. "
+                        f"pb.attacks.get('masked-pgd')), got {type(attack).__name__}")
+    if defense is not None:
+        from .defenses.base import Defense
+        if not isinstance(defense, Defense):
+            raise TypeError(f"defense: expected a patchbench Defense (e.g. pb.defenses.LGS()), got "
+                            f"{type(defense).__name__}")
+    adaptive = check_bool(adaptive, "adaptive")
+    batch_size = check_positive_int(batch_size, "batch_size")
+    x = check_images(x, "x", channels=getattr(model, "channels", None))
+    y = check_labels(y, x.shape[0], getattr(model, "num_classes", None), "y").to(x.device)
     g = make_generator(generator, device=x.device.type if x.device.type == "cuda" else "cpu")
     defended = model
     if defense is not None:

@@ -7,36 +7,94 @@ handful of fused ``N``-sized tensor ops without host synchronisation.
 from __future__ import annotations
 
 import contextlib
+import numbers
 from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._validation import check_fraction, check_images, check_labels, make_generator
+from .._validation import (check_bool, check_choice, check_images, check_labels,
+                           check_mask, check_number, check_positive_int, make_generator,
+                           trusted_inputs)
 
 LOSSES = ("ce", "dlr", "cw", "logit-margin")
+
+
+def check_model(model) -> None:
+    """A classifier is anything callable (an ``nn.Module`` or a function of images)."""
+    if not callable(model):
+        raise TypeError(f"model: expected a callable classifier (nn.Module), got {type(model).__name__}")
+
+
+def check_target_differs(y: Tensor, target: Optional[Tensor]) -> None:
+    """A targeted attack on an image whose label already is the target has nothing to do: refuse it
+    (it would count as an instant success; ``metrics.success_rate`` leaves such images out)."""
+    if target is None:
+        return
+    same = (target == y).nonzero()[:, 0]
+    if same.numel():
+        idx = same[:10].tolist()
+        more = f" and {same.numel() - 10} more" if same.numel() > 10 else ""
+        raise ValueError(f"target: target equals the label for images {idx}{more}; a targeted attack "
+                         f"needs target != y (drop those images or choose another target)")
+
+
+def as_targets(target, n: int, num_classes: Optional[int], device) -> Optional[Tensor]:
+    """``None``, one class for every image (an int or a 0-d tensor) or ``N`` class indices →
+    ``N`` long targets on ``device``."""
+    if target is None:
+        return None
+    if isinstance(target, numbers.Integral) and not isinstance(target, bool):
+        target = torch.full((n,), int(target), dtype=torch.long)
+    elif isinstance(target, Tensor) and target.dim() == 0:
+        target = check_labels(target, 1, num_classes, name="target").expand(n)
+    return check_labels(target, n, num_classes, name="target").to(device)
 
 
 def prepare(model, x, y, target=None, generator=None) -> Tuple[Tensor, Tensor, Optional[Tensor],
                                                                torch.Generator]:
     """Validate one attack call: images, labels, optional targets; returns ``(x, y, target, g)``.
 
-    ``target`` may be ``None`` (untargeted), an int (one class for all images) or ``N`` class indices.
-    ``generator`` may be a ``torch.Generator`` or an int seed (``None`` → seed 0).
+    ``target`` may be ``None`` (untargeted), an int (one class for all images) or ``N`` class indices,
+    each different from its image's label (``ValueError`` otherwise). ``generator`` may be a
+    ``torch.Generator`` or an int seed in [0, 2**63 - 1] (``None`` → seed 0). The images are
+    detached: an attack never backpropagates into its caller's graph.
     """
-    if not callable(model):
-        raise TypeError(f"model: expected a callable classifier (nn.Module), got {type(model).__name__}")
-    x = check_images(x, "x", channels=getattr(model, "channels", None))
+    check_model(model)
+    x = check_images(x, "x", channels=getattr(model, "channels", None)).detach()
     n = x.shape[0]
     num_classes = getattr(model, "num_classes", None)
     y = check_labels(y, n, num_classes, name="y").to(x.device)
-    if target is not None:
-        if isinstance(target, int) and not isinstance(target, bool):
-            target = torch.full((n,), target, dtype=torch.long)
-        target = check_labels(target, n, num_classes, name="target").to(x.device)
+    target = as_targets(target, n, num_classes, x.device)
+    check_target_differs(y, target)
     g = make_generator(generator)   # on the CPU: the same seed gives the same numbers on any device
     return x, y, target, g
+
+
+@torch.no_grad()
+def clean_predictions(model, x: Tensor, y: Tensor, target: Optional[Tensor]) -> Tensor:
+    """The model's classes on the clean images (``N``), checking its output once: ``N×K`` logits
+    with every label (and target) ``< K``. Call it with the model frozen (eval mode)."""
+    logits = model(x)
+    n = x.shape[0]
+    if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != n \
+            or logits.shape[1] < 2:
+        got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise ValueError(f"model: expected N×K logits (K >= 2 classes) for {n} images, got {got}")
+    k = logits.shape[1]
+    for name, lab in (("y", y), ("target", target)):
+        if lab is not None and int(lab.max()) >= k:
+            raise ValueError(f"{name}: class index {int(lab.max())} out of range for a model with "
+                             f"{k} classes")
+    return logits.argmax(1)
+
+
+def eligible(clean_pred: Tensor, y: Tensor, target: Optional[Tensor]) -> Tensor:
+    """Images an attack can succeed on, as :func:`patchbench.metrics.success_rate` counts them: the
+    model classifies the clean image correctly (and, targeted, the label is not the target)."""
+    ok = clean_pred.to(y.device) == y
+    return ok if target is None else ok & (target != y)
 
 
 def uniform(shape, generator: torch.Generator, device, low: float = 0.0, high: float = 1.0) -> Tensor:
@@ -54,16 +112,8 @@ def threat_mask(threat, x: Tensor, generator: torch.Generator) -> Tensor:
     """
     n, _, h, w = x.shape
     if isinstance(threat, Tensor):
-        m = threat
-        if m.dim() == 2:
-            m = m[None, None]
-        if m.dim() != 4 or m.shape[1] != 1 or tuple(m.shape[-2:]) != (h, w) or m.shape[0] not in (1, n):
-            raise ValueError(f"threat mask: expected N×1×H×W with N in (1, {n}) and H×W = {h}×{w}, got "
-                             f"shape {tuple(threat.shape)}")
-        m = m.to(device=x.device, dtype=x.dtype)
-        if not bool(((m == 0) | (m == 1)).all()):
-            raise ValueError("threat mask: values must be exactly 0 or 1")
-        return m.expand(n, 1, h, w).contiguous()
+        m = check_mask(threat, "threat mask", n, h, w, binary=True)
+        return m.to(device=x.device, dtype=x.dtype).contiguous()
     if not hasattr(threat, "masks"):
         raise TypeError(f"threat: expected a patchbench.patches.Threat or a mask tensor, got "
                         f"{type(threat).__name__}")
@@ -122,15 +172,13 @@ def objective(loss: str, logits: Tensor, y: Tensor, target: Optional[Tensor],
 
 def check_budget(value, name: str) -> float:
     """A budget/step in (0, 1] (images live in [0, 1])."""
-    v = check_fraction(value, name, 0.0, 1.0, inclusive=True)
-    if v == 0.0:
-        raise ValueError(f"{name}: expected a value in (0, 1], got {value!r}")
-    return v
+    return check_number(value, name, 0.0, 1.0, low_inclusive=False)
 
 
-def check_loss(loss: str, num_classes: Optional[int] = None, targeted: bool = False) -> str:
-    if loss not in LOSSES:
-        raise LookupError(f"unknown loss {loss!r}; available: {', '.join(LOSSES)}")
+def check_loss(loss: str, num_classes: Optional[int] = None, targeted: bool = False,
+               choices=LOSSES) -> str:
+    """One of ``choices`` (``LookupError`` otherwise); the DLR loss needs 3 (targeted: 4) classes."""
+    check_choice(loss, "loss", choices)
     need = 4 if targeted else 3
     if loss == "dlr" and num_classes is not None and num_classes < need:
         raise ValueError(f"the DLR loss needs at least {need} classes, the model has {num_classes}")
@@ -142,10 +190,31 @@ def _max_other(logits: Tensor, cls: Tensor) -> Tensor:
     return logits.scatter(1, cls[:, None], float("-inf")).amax(1)
 
 
+def check_eot(eot, name: str = "eot"):
+    """``None`` or a :class:`patchbench.patches.EOT`."""
+    from ..patches import EOT   # lazy: the geometry package is only needed by universal attacks
+    if eot is not None and not isinstance(eot, EOT):
+        raise TypeError(f"{name}: expected a patchbench.patches.EOT or None, got {type(eot).__name__}")
+    return eot
+
+
+def check_common(attack, *names: str) -> None:
+    """Validate (and normalise in place) the usual hyper-parameters of ``attack`` that it has:
+    iteration counts are integers >= 1, flags are bools."""
+    for name in names:
+        v = getattr(attack, name)
+        if name in ("steps", "restarts", "epochs", "batch_size"):
+            setattr(attack, name, check_positive_int(v, name))
+        else:
+            setattr(attack, name, check_bool(v, name))
+
+
 @contextlib.contextmanager
 def frozen(model):
     """Eval mode and ``requires_grad=False`` on every parameter for the duration of an attack, so
-    backward computes gradients w.r.t. the input only; both are restored afterwards."""
+    backward computes gradients w.r.t. the input only; both are restored afterwards. Inside, the
+    model wrapper trusts its inputs (:func:`patchbench._validation.trusted_inputs`: no per-call
+    range scan) — attacks validate their images once, at entry, and keep iterates in [0, 1]."""
     params = list(model.parameters()) if hasattr(model, "parameters") else []
     flags = [p.requires_grad for p in params]
     was_training = getattr(model, "training", False)
@@ -154,7 +223,8 @@ def frozen(model):
     for p in params:
         p.requires_grad_(False)
     try:
-        yield model
+        with trusted_inputs():
+            yield model
     finally:
         for p, f in zip(params, flags):
             p.requires_grad_(f)
@@ -214,15 +284,18 @@ def with_restarts(n: int, device, restarts: int, attempt) -> Tuple[BestIterate, 
     return best, history
 
 
-def per_image_result(model, x: Tensor, mask: Tensor, target: Optional[Tensor], restarts: int,
-                     attempt):
+def per_image_result(model, x: Tensor, y: Tensor, mask: Tensor, target: Optional[Tensor],
+                     restarts: int, attempt):
     """Run ``attempt`` with restarts on the frozen model and package the best iterates as the
-    :class:`AttackResult` of a per-image attack (the patch is the adversarial image inside the mask)."""
+    :class:`AttackResult` of a per-image attack (the patch is the adversarial image inside the mask).
+    One forward pass on the clean images first checks the model's output and gives ``eligible``."""
     from .base import AttackResult
 
     with frozen(model):
+        clean = clean_predictions(model, x, y, target)
         best, history = with_restarts(x.shape[0], x.device, restarts, attempt)
     x_adv = best.x
     return AttackResult(x_adv=x_adv, patch=x_adv * mask, mask=mask, success=best.success.clone(),
                         history=torch.cat(history).tolist(),
-                        info=result_info(best, target, restarts_run=len(history)))
+                        info=result_info(best, target, restarts_run=len(history)),
+                        eligible=eligible(clean, y, target))

@@ -1,18 +1,20 @@
 """What every patch attack returns, and the small base class they share.
 
-Attacks follow scikit-learn's split: the constructor only stores hyper-parameters, ``run`` does the
-work and validates its inputs once.
+Attacks follow scikit-learn's split: the constructor only stores hyper-parameters (validated, so
+``MaskedCW(l2_weight=inf)`` fails at once, naming ``l2_weight``), ``run`` does the work and validates
+its inputs once, at entry; the iterations then run inside ``_validation.trusted_inputs()``.
 """
 from __future__ import annotations
 
 import abc
+import inspect
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 import torch
 from torch import Tensor
 
-from .._registry import Registry
+from .._registry import Registry, normalize_name
 
 
 @dataclass
@@ -24,11 +26,21 @@ class AttackResult:
         patch: the optimised patch: ``C×h×w`` for a universal patch, ``N×C×H×W`` (full-size, only
             meaningful inside ``mask``) for per-image attacks, or ``None``.
         mask: ``N×1×H×W`` float in [0, 1]: where the patch lies on each image (1 = patch pixel).
-        success: ``N`` bool: untargeted — prediction differs from the label; targeted — prediction
-            equals the target.
+        success: ``N`` bool, true of the returned images: untargeted — the model's prediction on
+            ``x_adv`` differs from the label; targeted — it equals the target.
         history: mean loss per iteration (or per epoch for universal attacks), for plots and sanity
             checks.
         info: anything else worth keeping (targets, restarts used, per-sample best loss, ...).
+        eligible: ``N`` bool: the images an attack can succeed on — the model classified the clean
+            image correctly (targets always differ from the labels: ``run`` refuses target == y).
+            ``None`` (a hand-made result) counts every image.
+
+    ``success_rate`` / ``rate`` is the attack success rate of :func:`patchbench.metrics.success_rate`:
+    successes among the eligible images, so for ``pred_clean = model(x).argmax(1)`` and
+    ``pred_adv = model(res.x_adv).argmax(1)``::
+
+        res.success == (pred_adv != y)                      # (targeted: pred_adv == target)
+        res.rate == metrics.success_rate(pred_clean, pred_adv, y, target)
     """
 
     x_adv: Tensor
@@ -37,10 +49,22 @@ class AttackResult:
     success: Tensor
     history: List[float] = field(default_factory=list)
     info: Dict[str, object] = field(default_factory=dict)
+    eligible: Optional[Tensor] = None
+
+    @property
+    def rate(self):
+        """Attack success rate among the eligible images, as a :class:`patchbench.metrics.Rate`
+        (``k/n`` with its Wilson interval; ``n == 0`` gives value NaN)."""
+        from ..metrics.classification import Rate
+        ok = self.success if self.eligible is None else self.success & self.eligible.to(
+            self.success.device)
+        n = self.success.numel() if self.eligible is None else int(self.eligible.sum())
+        return Rate.of(int(ok.sum()), n)
 
     @property
     def success_rate(self) -> float:
-        return float(self.success.float().mean()) if self.success.numel() else float("nan")
+        """``rate.value``: successes / eligible images (NaN when no image is eligible)."""
+        return self.rate.value
 
 
 class PatchAttack(abc.ABC):
@@ -67,8 +91,26 @@ def register(name: str):
 
 
 def get(name: str, **kwargs) -> PatchAttack:
-    """Build a registered attack by name, e.g. ``get("masked-pgd", steps=100)``."""
-    return _ATTACKS.get(name, **kwargs)
+    """Build a registered attack by name, e.g. ``get("masked-pgd", steps=100)``.
+
+    Raises ``LookupError`` for an unknown name and ``TypeError`` naming any keyword the attack does
+    not take (with the ones it does), e.g. ``steps`` for ``"universal-patch"`` (it has ``epochs``).
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"attack name: expected a string such as 'masked-pgd', got {name!r}")
+    cls = _ATTACKS._classes.get(normalize_name(name))
+    if cls is None:
+        return _ATTACKS.get(name)   # raises the registry's LookupError listing the names
+    params = inspect.signature(cls).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        unknown = [k for k in kwargs if k not in params]
+        if unknown:
+            accepted = ", ".join(k for k, p in params.items()
+                                 if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+            raise TypeError(f"attack {name!r}: unexpected keyword argument"
+                            f"{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+                            f"{cls.__name__} accepts: {accepted}")
+    return cls(**kwargs)
 
 
 def names() -> List[str]:

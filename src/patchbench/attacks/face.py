@@ -34,7 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._validation import check_fraction, check_images, check_positive_int, make_generator
+from .._validation import (check_bool, check_fraction, check_images, check_nonnegative, check_number,
+                           check_path, check_positive_int, make_generator, trusted_inputs)
 from ..models.nms import box_iou
 from ..patches import BoxPlacement, paste, shape_mask
 
@@ -42,6 +43,43 @@ STRATEGIES = ("patch-iou", "patch-score", "patch-score-focal", "patch-combinatio
 INITS = ("noise", "natural", "face")
 POSITIONS = ("top-center", "center", "bottom-center")
 _DEFAULT_IOU_FACE = {"patch-iou": 0.6, "patch-combination": 0.3}   # §3.2 and λ1 of §4.2
+DETECTOR_STAGES = ("pnet", "rnet", "onet")
+_CHECKPOINT_KEYS = ("patch", "optimizer", "epoch", "generator", "history", "config")
+
+
+def _check_option(value, name: str, choices) -> str:
+    # ValueError (not LookupError) for backward compatibility: these always raised ValueError.
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name}: expected one of {choices}, got {value!r}")
+    return value
+
+
+def _check_stages(stages) -> Tuple[str, ...]:
+    if isinstance(stages, str):
+        stages = (stages,)
+    try:
+        st = tuple(stages)
+    except TypeError as e:
+        raise TypeError(f"stages: expected a non-empty subset of {DETECTOR_STAGES}, got "
+                        f"{stages!r}") from e
+    if not st or any(not isinstance(v, str) or v not in DETECTOR_STAGES for v in st):
+        raise ValueError(f"stages: expected a non-empty subset of {DETECTOR_STAGES}, got {st!r}")
+    return st
+
+
+def _as_boxes(b, name: str) -> Tensor:
+    """One image's boxes as a finite K×4 float tensor (x1, y1, x2, y2)."""
+    if isinstance(b, (str, bytes)) or b is None:
+        raise TypeError(f"{name}: expected K×4 (x1, y1, x2, y2) boxes, got {b!r}")
+    try:
+        t = torch.as_tensor(b, dtype=torch.float32)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise TypeError(f"{name}: expected K×4 (x1, y1, x2, y2) boxes, got {type(b).__name__}") from e
+    if t.numel() % 4 or (t.dim() > 1 and t.shape[-1] != 4) or t.dim() > 2:
+        raise ValueError(f"{name}: expected K×4 (x1, y1, x2, y2) boxes, got shape {tuple(t.shape)}")
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name}: boxes contain NaN or Inf")
+    return t.reshape(-1, 4)
 
 
 def _flatten_boxes(boxes, name: str) -> Tuple[Tensor, Tensor]:
@@ -96,8 +134,10 @@ def select_candidates(strategy: str, boxes: Tensor, scores: Tensor, face_boxes, 
     Example::
         >>> w = select_candidates("patch-score", c.boxes, c.scores, gt_boxes)
     """
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy: expected one of {STRATEGIES}, got {strategy!r}")
+    _check_option(strategy, "strategy", STRATEGIES)
+    if not isinstance(boxes, Tensor) or not isinstance(scores, Tensor):
+        raise TypeError(f"boxes/scores: expected tensors K×4 and K, got {type(boxes).__name__} and "
+                        f"{type(scores).__name__}")
     if boxes.dim() != 2 or boxes.shape[1] != 4 or scores.shape != (boxes.shape[0],):
         raise ValueError(f"boxes/scores: expected K×4 and K, got {tuple(boxes.shape)} and "
                          f"{tuple(scores.shape)}")
@@ -137,7 +177,7 @@ def clip_boxes(boxes, hw: Tuple[int, int], name: str = "boxes") -> List[Tensor]:
     """Clip per-image boxes to the image; a box with no area left inside it is an error."""
     out = []
     for i, b in enumerate(boxes):
-        b = torch.as_tensor(b, dtype=torch.float32).reshape(-1, 4)
+        b = _as_boxes(b, f"{name}[{i}]")
         c = torch.stack([b[:, 0].clamp(0, hw[1]), b[:, 1].clamp(0, hw[0]),
                          b[:, 2].clamp(0, hw[1]), b[:, 3].clamp(0, hw[0])], 1)
         bad = ((c[:, 2] <= c[:, 0]) | (c[:, 3] <= c[:, 1])).nonzero().flatten()
@@ -154,7 +194,20 @@ def paste_on_faces(images: Tensor, boxes: Sequence[Tensor], patch: Tensor, alpha
 
     Returns ``(patched N×3×H×W, mask N×1×H×W, patch boxes: list of per-image K_i×4)``; differentiable
     wrt ``patch``. Images with no face are returned unchanged. Boxes are clipped to the image first.
+
+    Inner-loop helper (it runs every training step): only the structure of the arguments is checked,
+    not the pixel values (:meth:`FacePatch.fit` / :meth:`FacePatch.apply` validate those once).
     """
+    if not isinstance(images, Tensor) or images.dim() != 4 or not images.is_floating_point():
+        got = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise TypeError(f"images: expected float images N×3×H×W, got {got}")
+    if not isinstance(patch, Tensor) or patch.dim() != 3 or not patch.is_floating_point():
+        got = tuple(patch.shape) if isinstance(patch, Tensor) else type(patch).__name__
+        raise TypeError(f"patch: expected a float patch 3×s×s, got {got}")
+    if not isinstance(boxes, (list, tuple)) and not (isinstance(boxes, Tensor) and boxes.dim() == 3):
+        raise TypeError(f"boxes: expected a list with one K×4 tensor per image, got "
+                        f"{type(boxes).__name__}")
+    _check_option(position, "position", POSITIONS)
     n, _, H, W = images.shape
     if len(boxes) != n:
         raise ValueError(f"boxes: expected one K×4 tensor per image ({n}), got {len(boxes)}")
@@ -183,11 +236,11 @@ def paste_on_faces(images: Tensor, boxes: Sequence[Tensor], patch: Tensor, alpha
 def initial_patch(init: str, size: int, generator=None, device="cpu") -> Tensor:
     """Table 1's initialisations: ``"noise"`` (uniform), ``"natural"`` (a crop of skimage's coffee
     cup: a non-face object), ``"face"`` (the astronaut's face crop). Returns 3×size×size in [0, 1]."""
+    init = _check_option(init, "init", INITS)
+    size = check_positive_int(size, "size")
     if init == "noise":
         g = make_generator(generator)
         return torch.rand(3, size, size, generator=g, device=g.device).to(device)
-    if init not in INITS:
-        raise ValueError(f"init: expected one of {INITS}, got {init!r}")
     import skimage.data
     if init == "natural":
         arr, (x1, y1, x2, y2) = skimage.data.coffee(), (180, 70, 470, 360)      # the cup and saucer
@@ -228,20 +281,21 @@ class FacePatch:
                  lr: float = 0.1, batch_size: int = 8, patch_size: int = 48, delta: float = 0.99,
                  m: float = 0.49, gamma: float = 2.0, iou_face: Optional[float] = None,
                  iou_patch: float = 0.3, stages: Sequence[str] = ("pnet", "rnet", "onet")):
-        if strategy not in STRATEGIES:
-            raise ValueError(f"strategy: expected one of {STRATEGIES}, got {strategy!r}")
-        if position not in POSITIONS:
-            raise ValueError(f"position: expected one of {POSITIONS}, got {position!r}")
-        if init not in INITS:
-            raise ValueError(f"init: expected one of {INITS}, got {init!r}")
-        self.strategy, self.position, self.init = strategy, position, init
+        self.strategy = _check_option(strategy, "strategy", STRATEGIES)
+        self.position = _check_option(position, "position", POSITIONS)
+        self.init = _check_option(init, "init", INITS)
         self.alpha = check_fraction(alpha, "alpha", 0.0, 1.0, inclusive=False)
         self.epochs = check_positive_int(epochs, "epochs", minimum=0)
         self.lr = check_fraction(lr, "lr", 0.0, 10.0)
         self.batch_size = check_positive_int(batch_size, "batch_size")
         self.patch_size = check_positive_int(patch_size, "patch_size")
-        self.delta, self.m, self.gamma = float(delta), float(m), float(gamma)
-        self.iou_face, self.iou_patch, self.stages = iou_face, float(iou_patch), tuple(stages)
+        self.delta = check_number(delta, "delta", 0.0, 1.0, low_inclusive=False)
+        self.m = check_number(m, "m", 0.0, 1.0, high_inclusive=False)
+        self.gamma = check_nonnegative(gamma, "gamma")
+        self.iou_face = None if iou_face is None else check_fraction(iou_face, "iou_face",
+                                                                     inclusive=True)
+        self.iou_patch = check_fraction(iou_patch, "iou_patch", inclusive=True)
+        self.stages = _check_stages(stages)
         self.history_: List[float] = []
 
     def config(self) -> dict:
@@ -251,7 +305,10 @@ class FacePatch:
     def apply(self, images: Tensor, boxes, patch: Tensor) -> Tensor:
         """``images`` with ``patch`` pasted on every face box (no gradient bookkeeping needed)."""
         images = check_images(images, "images", channels=3, allow_single=True)
-        return paste_on_faces(images, boxes, patch.to(images.device), self.alpha, self.position)[0]
+        patch = check_images(patch, "patch", channels=3, allow_single=True)
+        if patch.shape[0] != 1:
+            raise ValueError(f"patch: expected one 3×s×s patch, got shape {tuple(patch.shape)}")
+        return paste_on_faces(images, boxes, patch[0].to(images.device), self.alpha, self.position)[0]
 
     def loss(self, detector, images: Tensor, boxes, patch: Tensor) -> Tuple[Tensor, int]:
         """The paper's objective on one batch (to minimise) and the number of selected samples."""
@@ -270,23 +327,35 @@ class FacePatch:
         configuration resumes from it. Returns the patch 3×s×s (also ``self.patch_``); the mean loss of
         each epoch is in ``self.history_``.
         """
-        images = check_images(images, "images", channels=3, allow_single=True)
+        if not callable(getattr(detector, "candidates", None)):
+            raise TypeError(f"detector: expected a face detector with .candidates() (e.g. "
+                            f"load_mtcnn()), got {type(detector).__name__}")
+        images = check_images(images, "images", channels=3, allow_single=True).detach()
+        if not isinstance(boxes, (list, tuple)) and not (isinstance(boxes, Tensor) and boxes.dim() == 3):
+            raise TypeError(f"boxes: expected a list with one K×4 tensor per image, got "
+                            f"{type(boxes).__name__}")
         boxes = clip_boxes(boxes, tuple(images.shape[-2:]))
         if len(boxes) != len(images):
             raise ValueError(f"boxes: expected one K×4 tensor per image ({len(images)}), got {len(boxes)}")
+        verbose = check_bool(verbose, "verbose")
+        if checkpoint is not None:
+            checkpoint = check_path(checkpoint, "checkpoint", kind="file", must_exist=False)
         g = make_generator(generator)
         dev = images.device
         patch = initial_patch(self.init, self.patch_size, g, dev).requires_grad_(True)
         opt = torch.optim.Adam([patch], lr=self.lr)
         start, self.history_ = 0, []
-        if checkpoint is not None and Path(checkpoint).is_file():
-            state = torch.load(checkpoint, map_location=dev, weights_only=True)
+        if checkpoint is not None and checkpoint.is_file():
+            state = _read_checkpoint(checkpoint, dev)
             if state.get("config") == self.config():
-                with torch.no_grad():
-                    patch.copy_(state["patch"])
-                opt.load_state_dict(state["optimizer"])
-                g.set_state(state["generator"])
-                start, self.history_ = int(state["epoch"]), list(state["history"])
+                start, self.history_ = _resume(checkpoint, state, patch, opt, g, self.epochs)
+        with trusted_inputs():
+            self._epochs(detector, images, boxes, patch, opt, g, start, checkpoint, verbose)
+        self.patch_ = patch.detach()
+        return self.patch_
+
+    def _epochs(self, detector, images, boxes, patch, opt, g, start, checkpoint, verbose) -> None:
+        dev = images.device
         for epoch in range(start, self.epochs):
             order = torch.randperm(len(images), generator=g, device=g.device).cpu()
             total = 0.0
@@ -305,14 +374,47 @@ class FacePatch:
                       flush=True)
             if checkpoint is not None:
                 self._save(checkpoint, patch, opt, g, epoch + 1)
-        self.patch_ = patch.detach()
-        return self.patch_
 
     def _save(self, path, patch, opt, g, epoch) -> None:
         from ..training.checkpoint import atomic_save
         atomic_save({"patch": patch.detach().cpu(), "optimizer": opt.state_dict(), "epoch": epoch,
                      "generator": g.get_state(), "history": list(self.history_),
                      "config": self.config()}, path)
+
+
+def _read_checkpoint(path: Path, device) -> dict:
+    """The state dict saved by :meth:`FacePatch._save`; ``ValueError`` naming the file otherwise."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - unreadable, truncated, not a torch file, pickled code
+        raise ValueError(f"checkpoint: {str(path)!r} is not a readable FacePatch checkpoint "
+                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+    missing = [k for k in _CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise ValueError(f"checkpoint: {str(path)!r} is not a FacePatch checkpoint (missing "
+                         f"{', '.join(missing)})")
+    return state
+
+
+def _resume(path: Path, state: dict, patch: Tensor, opt, g, epochs: int):
+    """Load a matching checkpoint's state into ``patch``/``opt``/``g``; returns (epoch, history)."""
+    p, epoch = state["patch"], state["epoch"]
+    if not isinstance(p, Tensor) or p.shape != patch.shape or not bool(torch.isfinite(p).all()):
+        got = tuple(p.shape) if isinstance(p, Tensor) else type(p).__name__
+        raise ValueError(f"checkpoint: {str(path)!r} holds a patch of shape {got} (or non-finite "
+                         f"values); this run needs {tuple(patch.shape)}")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= epochs:
+        raise ValueError(f"checkpoint: {str(path)!r} has epoch {epoch!r}, expected 0..{epochs}")
+    try:
+        with torch.no_grad():
+            patch.copy_(p)
+        opt.load_state_dict(state["optimizer"])
+        g.set_state(state["generator"])
+        history = [float(v) for v in state["history"]]
+    except Exception as e:  # noqa: BLE001 - a damaged optimizer/generator state
+        raise ValueError(f"checkpoint: {str(path)!r} has a damaged optimizer/generator state "
+                         f"({type(e).__name__}: {e})") from e
+    return epoch, history
 
 
 def main_train_face_patch(argv: Optional[Sequence[str]] = None) -> int:

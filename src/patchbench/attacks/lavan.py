@@ -11,8 +11,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .._validation import check_positive_int
-from ._common import box, check_budget, objective, per_image_result, prepare, threat_mask, uniform
+from .._validation import check_positive
+from ._common import (box, check_budget, check_common, check_eot, objective, per_image_result,
+                      prepare, threat_mask, uniform)
 from .base import AttackResult, PatchAttack, register
 from .masked_pgd import sign_ascent
 from .universal import UniversalPatch
@@ -58,8 +59,17 @@ class LaVAN(PatchAttack):
         self.batch_size = batch_size
         self.lr = lr
         self.eot = eot
+        self._check_params()
+
+    def _check_params(self) -> None:
+        """Validate the hyper-parameters of both modes (at construction, and again when used)."""
+        self.step = check_budget(self.step, "step")
+        self.lr = check_positive(self.lr, "lr")
+        check_common(self, "steps", "restarts", "epochs", "batch_size", "universal")
+        check_eot(self.eot)
 
     def _universal(self) -> UniversalPatch:
+        self._check_params()
         return UniversalPatch(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
                               optimizer="adam", loss="logit-margin", eot=self.eot)
 
@@ -74,12 +84,11 @@ class LaVAN(PatchAttack):
     def run(self, model, x: Tensor, y: Tensor, threat, *, target: Optional[Tensor] = None,
             generator: Optional[torch.Generator] = None) -> AttackResult:
         """Attack ``model`` on ``x`` (labels ``y``) inside ``threat``'s mask (a Threat or a mask)."""
+        self._check_params()
         if self.universal:
             return self._universal().run(model, x, y, threat, target=target, generator=generator)
         x, y, target, g = prepare(model, x, y, target, generator)
-        check_positive_int(self.steps, "steps")
-        check_positive_int(self.restarts, "restarts")
-        step = check_budget(self.step, "step")
+        step = self.step
         mask = threat_mask(threat, x, g)
         lo, hi = box(x, mask, 1.0)   # inside the mask: any value in [0, 1] (replacement)
         step_m = mask * step
@@ -91,4 +100,4 @@ class LaVAN(PatchAttack):
             return sign_ascent(model, x0, lo[idx], hi[idx], step_m[idx], int(self.steps),
                                lambda z: objective("logit-margin", z, ys, ts))
 
-        return per_image_result(model, x, mask, target, int(self.restarts), attempt)
+        return per_image_result(model, x, y, mask, target, int(self.restarts), attempt)

@@ -13,9 +13,9 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from .._validation import check_fraction, check_positive_int
-from ._common import (BestIterate, box, check_budget, check_loss, objective, per_image_result,
-                      prepare, threat_mask, uniform)
+from .._validation import check_fraction
+from ._common import (BestIterate, box, check_budget, check_common, check_loss, objective,
+                      per_image_result, prepare, threat_mask, uniform)
 from .base import AttackResult, PatchAttack, register
 
 
@@ -126,14 +126,19 @@ class MaskedAPGD(PatchAttack):
         self.rho = rho
         self.alpha = alpha
         self.random_start = random_start
+        self._check_params()
+
+    def _check_params(self) -> None:
+        """Validate the hyper-parameters (at construction, and again in ``run``)."""
+        self.eps = check_budget(self.eps, "eps")
+        self.step = check_budget(self.step, "step")
+        check_common(self, "steps", "restarts", "random_start")
+        self.rho = check_fraction(self.rho, "rho", 0.0, 1.0, inclusive=True)
+        self.alpha = check_fraction(self.alpha, "alpha", 0.0, 1.0, inclusive=True)
+        check_loss(self.loss)
 
     def _check(self, model, target) -> None:
-        check_budget(self.eps, "eps")
-        check_budget(self.step, "step")
-        check_positive_int(self.steps, "steps")
-        check_positive_int(self.restarts, "restarts")
-        check_fraction(self.rho, "rho", 0.0, 1.0, inclusive=True)
-        check_fraction(self.alpha, "alpha", 0.0, 1.0, inclusive=True)
+        self._check_params()
         check_loss(self.loss, getattr(model, "num_classes", None), target is not None)
 
     def run(self, model, x: Tensor, y: Tensor, threat, *, target: Optional[Tensor] = None,
@@ -154,4 +159,4 @@ class MaskedAPGD(PatchAttack):
             return apgd(model, x0, los, his, ms, float(self.step), int(self.steps),
                         lambda z: objective(self.loss, z, ys, ts), float(self.rho), float(self.alpha))
 
-        return per_image_result(model, x, mask, target, int(self.restarts), attempt)
+        return per_image_result(model, x, y, mask, target, int(self.restarts), attempt)

@@ -12,8 +12,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .._validation import check_positive_int
-from ._common import BestIterate, objective, per_image_result, prepare, threat_mask, uniform
+from .._validation import check_nonnegative, check_positive
+from ._common import (BestIterate, check_common, objective, per_image_result, prepare, threat_mask,
+                      uniform)
 from .base import AttackResult, PatchAttack, register
 
 _TANH_EDGE = 1 - 1e-6   # atanh(±1) is infinite: start a hair inside the box
@@ -81,16 +82,15 @@ class MaskedCW(PatchAttack):
         self.restarts = restarts
         self.l2_weight = l2_weight
         self.random_start = random_start
+        self._check()
 
     def _check(self) -> None:
-        for name in ("confidence", "lr", "l2_weight"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not v >= 0:
-                raise ValueError(f"{name}: expected a number >= 0, got {v!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr: expected a number > 0, got {self.lr!r}")
-        check_positive_int(self.steps, "steps")
-        check_positive_int(self.restarts, "restarts")
+        """Validate the hyper-parameters (at construction, and again in ``run``): finite numbers,
+        ``lr > 0``, ``confidence, l2_weight >= 0``."""
+        self.confidence = check_nonnegative(self.confidence, "confidence")
+        self.lr = check_positive(self.lr, "lr")
+        self.l2_weight = check_nonnegative(self.l2_weight, "l2_weight")
+        check_common(self, "steps", "restarts", "random_start")
 
     def run(self, model, x: Tensor, y: Tensor, threat, *, target: Optional[Tensor] = None,
             generator: Optional[torch.Generator] = None) -> AttackResult:
@@ -108,4 +108,4 @@ class MaskedCW(PatchAttack):
                               lambda z: objective("cw", z, ys, ts, kappa=float(self.confidence)),
                               float(self.l2_weight))
 
-        return per_image_result(model, x, mask, target, int(self.restarts), attempt)
+        return per_image_result(model, x, y, mask, target, int(self.restarts), attempt)

@@ -11,9 +11,8 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from .._validation import check_positive_int
-from ._common import (BestIterate, box, check_budget, check_loss, objective, per_image_result,
-                      prepare, threat_mask, uniform)
+from ._common import (BestIterate, box, check_budget, check_common, check_loss, objective,
+                      per_image_result, prepare, threat_mask, uniform)
 from .base import AttackResult, PatchAttack, register
 
 
@@ -86,12 +85,18 @@ class MaskedPGD(PatchAttack):
         self.random_start = random_start
         self.loss = loss
         self.early_stop = early_stop
+        self._check_params()
+
+    def _check_params(self) -> None:
+        """Validate the hyper-parameters (at construction, and again in ``run`` since they may have
+        been changed since); numbers are stored as float/int."""
+        self.eps = check_budget(self.eps, "eps")
+        self.step = check_budget(self.step, "step")
+        check_common(self, "steps", "restarts", "random_start", "early_stop")
+        check_loss(self.loss)
 
     def _check(self, model, target) -> None:
-        check_budget(self.eps, "eps")
-        check_budget(self.step, "step")
-        check_positive_int(self.steps, "steps")
-        check_positive_int(self.restarts, "restarts")
+        self._check_params()
         check_loss(self.loss, getattr(model, "num_classes", None), target is not None)
 
     def run(self, model, x: Tensor, y: Tensor, threat, *, target: Optional[Tensor] = None,
@@ -113,4 +118,4 @@ class MaskedPGD(PatchAttack):
             return sign_ascent(model, x0, los, his, step_m[idx], int(self.steps),
                                lambda z: objective(self.loss, z, ys, ts), bool(self.early_stop))
 
-        return per_image_result(model, x, mask, target, int(self.restarts), attempt)
+        return per_image_result(model, x, y, mask, target, int(self.restarts), attempt)

@@ -7,35 +7,77 @@ patch means the same thing everywhere in patchbench.
 """
 from __future__ import annotations
 
+import numbers
 from typing import Iterable, Iterator, Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from .._validation import check_images, check_labels, check_positive_int, make_generator
-from ._common import LOSSES, frozen, objective, prepare, uniform
+from .._validation import (check_choice, check_images, check_labels, check_nonnegative,
+                           check_positive, make_generator)
+from ._common import (check_common, check_eot, check_model, check_target_differs, clean_predictions,
+                      eligible, frozen, objective, prepare, uniform)
 from .base import AttackResult, PatchAttack, register
 
 OPTIMIZERS = ("adam", "sign")
+UNIVERSAL_LOSSES = ("ce", "logit-margin")
 
 
 def universal_target(target, num_classes) -> Optional[int]:
     """A universal patch has one target class: ``None``, an int, or ``N`` equal class indices."""
     if target is None:
         return None
-    if isinstance(target, int) and not isinstance(target, bool):
-        t = check_labels(torch.tensor([target]), 1, num_classes, name="target")
+    if isinstance(target, numbers.Integral) and not isinstance(target, bool):
+        t = check_labels(torch.tensor([int(target)]), 1, num_classes, name="target")
     else:
-        t = check_labels(target, torch.as_tensor(target).numel(), num_classes, name="target")
+        if isinstance(target, (str, bytes)):
+            raise TypeError(f"target: expected a class index or N equal class indices, got {target!r}")
+        try:
+            n = torch.as_tensor(target).numel()
+        except Exception as e:  # noqa: BLE001 - anything torch cannot read is not a target
+            raise TypeError(f"target: expected a class index or N equal class indices, got "
+                            f"{type(target).__name__}") from e
+        t = check_labels(target, n, num_classes, name="target")
         if t.numel() == 0 or bool((t != t[0]).any()):
             raise ValueError(f"target: a universal patch has one target class; got {t.unique().tolist()}")
     return int(t[0])
 
 
+def check_threat(threat, who: str = "UniversalPatch"):
+    """A universal patch needs a placement distribution: a :class:`patchbench.patches.Threat`."""
+    if isinstance(threat, Tensor):
+        raise TypeError(f"threat: {who} needs a patchbench.patches.Threat (it draws a placement for "
+                        f"its one C×h×w patch on every image), got a mask tensor; for a fixed region "
+                        f"per image use a per-image attack such as MaskedPGD or LaVAN with that mask")
+    if not all(hasattr(threat, a) for a in ("patch_size", "sample", "paste")):
+        raise TypeError(f"threat: {who} needs a patchbench.patches.Threat, got {type(threat).__name__}")
+    return threat
+
+
+def check_printable_colors(colors, name: str = "printable_colors") -> Optional[Tensor]:
+    """``None`` or a ``K×C`` float palette with values in [0, 1]."""
+    if colors is None:
+        return None
+    if not isinstance(colors, Tensor) or colors.dim() != 2 or colors.shape[0] == 0 \
+            or not colors.is_floating_point():
+        got = tuple(colors.shape) if isinstance(colors, Tensor) else type(colors).__name__
+        raise TypeError(f"{name}: expected a K×C float tensor of colours in [0, 1], got {got}")
+    if not bool(torch.isfinite(colors).all()) or float(colors.min()) < 0 or float(colors.max()) > 1:
+        raise ValueError(f"{name}: colours must lie in [0, 1]")
+    return colors
+
+
+def _is_pair(data) -> bool:
+    """``(x, y)`` with ``x`` an image batch (as opposed to an iterable of such pairs)."""
+    return isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], Tensor) \
+        and data[0].dim() == 4
+
+
 def iterate_batches(data, batch_size: int, generator: torch.Generator) -> Iterator[Tuple[Tensor, Tensor]]:
-    """``(x, y)`` tensors → shuffled mini-batches; any other iterable of ``(x, y)`` is passed through."""
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(d, Tensor) for d in data) \
-            and data[0].dim() == 4:
+    """``(x, y)`` tensors → shuffled mini-batches; any other iterable of ``(x, y)`` is passed through.
+
+    Inner helper: the pair's lengths are not checked here (:meth:`UniversalPatch.fit` does it)."""
+    if _is_pair(data) and isinstance(data[1], Tensor):
         x, y = data
         order = torch.randperm(x.shape[0], generator=generator, device=generator.device).to(x.device)
         for i in range(0, x.shape[0], batch_size):
@@ -94,20 +136,18 @@ class UniversalPatch(PatchAttack):
         self.tv_weight = tv_weight
         self.nps_weight = nps_weight
         self.printable_colors = printable_colors
+        self._check()
 
     def _check(self) -> None:
-        check_positive_int(self.epochs, "epochs")
-        check_positive_int(self.batch_size, "batch_size")
-        if self.optimizer not in OPTIMIZERS:
-            raise LookupError(f"optimizer: expected one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if self.loss not in ("ce", "logit-margin"):
-            raise LookupError(f"loss: expected 'ce' or 'logit-margin' (of {LOSSES}), got {self.loss!r}")
-        for name in ("lr", "tv_weight", "nps_weight"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
-                raise ValueError(f"{name}: expected a number >= 0, got {v!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr: expected a number > 0, got {self.lr!r}")
+        """Validate the hyper-parameters (at construction, and again in ``fit``/``run``)."""
+        check_common(self, "epochs", "batch_size")
+        self.lr = check_positive(self.lr, "lr")
+        check_choice(self.optimizer, "optimizer", OPTIMIZERS)
+        check_choice(self.loss, "loss", UNIVERSAL_LOSSES)
+        check_eot(self.eot)
+        self.tv_weight = check_nonnegative(self.tv_weight, "tv_weight")
+        self.nps_weight = check_nonnegative(self.nps_weight, "nps_weight")
+        check_printable_colors(self.printable_colors)
 
     def _penalty(self, patch: Tensor) -> Tensor:
         from ..patches import nps_loss, tv_loss   # lazy: geometry is only needed when training
@@ -121,16 +161,24 @@ class UniversalPatch(PatchAttack):
     def fit(self, model, data, threat, *, target=None, generator=None) -> Tensor:
         """Train the patch on ``data`` ((x, y) tensors or an iterable of (x, y) batches, re-iterable
         once per epoch); returns it (``C×h×w``) and keeps ``self.patch_`` / ``self.history_``
-        (mean objective per epoch)."""
+        (mean objective per epoch). Images whose label is the target may be part of the training
+        data (``apply``/``run``, which score success, refuse them)."""
         self._check()
+        check_model(model)
+        check_threat(threat)
         g = make_generator(generator)
-        tgt = universal_target(target, getattr(model, "num_classes", None))
+        num_classes = getattr(model, "num_classes", None)
+        tgt = universal_target(target, num_classes)
+        if _is_pair(data):
+            xs = check_images(data[0], "data: images", channels=getattr(model, "channels", None))
+            data = (xs, check_labels(data[1], xs.shape[0], num_classes, name="data: labels")
+                    .to(xs.device))
         patch, opt, history = None, None, []
         with frozen(model):
             for epoch in range(int(self.epochs)):
                 total, count = None, 0
                 for xb, yb in iterate_batches(data, int(self.batch_size), g):
-                    xb, yb, _, _ = prepare(model, xb, yb, tgt, g)
+                    xb, yb, _, _ = prepare(model, xb, yb, None, g)
                     if patch is None:
                         patch, opt = self._init_patch(xb, threat, g)
                     obj = self._step(model, xb, yb, tgt, threat, patch, opt, g)
@@ -140,12 +188,19 @@ class UniversalPatch(PatchAttack):
                     raise ValueError(f"data: epoch {epoch} yielded no batches (pass a re-iterable such "
                                      f"as a list or DataLoader, not a one-shot iterator)")
                 history.append(total / count)
+        if not bool(torch.isfinite(patch).all()):
+            raise ValueError(f"lr={self.lr}, tv_weight={self.tv_weight}, nps_weight={self.nps_weight}: "
+                             f"training diverged (the patch has NaN/Inf values); lower them")
         self.patch_ = patch.detach()
         self.history_ = torch.stack(history).tolist()
         return self.patch_
 
     def _init_patch(self, x: Tensor, threat, g: torch.Generator):
         h, w = threat.patch_size(tuple(x.shape[-2:]))
+        if self.nps_weight and self.printable_colors is not None \
+                and self.printable_colors.shape[1] != x.shape[1]:
+            raise ValueError(f"printable_colors: expected K×{x.shape[1]} colours for {x.shape[1]}-channel "
+                             f"images, got shape {tuple(self.printable_colors.shape)}")
         patch = uniform((x.shape[1], h, w), g, x.device).requires_grad_(True)
         opt = torch.optim.Adam([patch], lr=float(self.lr)) if self.optimizer == "adam" else None
         return patch, opt
@@ -170,25 +225,39 @@ class UniversalPatch(PatchAttack):
 
     def apply(self, model, x: Tensor, y: Tensor, threat, patch: Tensor, *, target=None,
               generator=None) -> AttackResult:
-        """Paste ``patch`` on each image of ``x`` at a placement drawn from ``threat`` and score it."""
-        x, y, _, g = prepare(model, x, y, None, generator)
-        tgt = universal_target(target, getattr(model, "num_classes", None))
+        """Paste ``patch`` on each image of ``x`` at a placement drawn from ``threat`` and score it.
+
+        ``target`` (one class) must differ from every label (``ValueError`` naming the images)."""
+        x, y, target, g = self._prepare_scoring(model, x, y, threat, target, generator)
         patch = check_images(patch, "patch", allow_single=True)
-        if patch.shape[0] != 1 or patch.shape[1] != x.shape[1]:
-            raise ValueError(f"patch: expected a universal patch {x.shape[1]}×h×w, got shape "
+        hw = tuple(threat.patch_size(tuple(x.shape[-2:])))
+        if patch.shape[0] != 1 or patch.shape[1] != x.shape[1] or tuple(patch.shape[-2:]) != hw:
+            raise ValueError(f"patch: expected a universal patch {x.shape[1]}×{hw[0]}×{hw[1]} (this "
+                             f"threat on {x.shape[-2]}×{x.shape[-1]} images), got shape "
                              f"{tuple(patch.shape)}")
         patch = patch[0].to(x.device)
         params = threat.sample(x.shape[0], tuple(x.shape[-2:]), generator=g)
         with torch.no_grad(), frozen(model):
+            clean = clean_predictions(model, x, y, target)
             x_adv, mask = threat.paste(x, patch, params)
-            target = None if tgt is None else torch.full_like(y, tgt)
             _, success = objective("ce", model(x_adv), y, target)
         return AttackResult(x_adv=x_adv, patch=patch, mask=mask, success=success,
-                            info={"targets": target, "placement": params})
+                            info={"targets": target, "placement": params},
+                            eligible=eligible(clean, y, target))
+
+    def _prepare_scoring(self, model, x, y, threat, target, generator):
+        """Checks of ``apply``/``run``: images, labels, one target class differing from every label."""
+        check_threat(threat)
+        x, y, _, g = prepare(model, x, y, None, generator)
+        tgt = universal_target(target, getattr(model, "num_classes", None))
+        target = None if tgt is None else torch.full_like(y, tgt)
+        check_target_differs(y, target)
+        return x, y, target, g
 
     def run(self, model, x: Tensor, y: Tensor, threat, *, target=None, generator=None) -> AttackResult:
         """Train the patch on ``(x, y)`` (``fit``) then paste it on the same images (``apply``)."""
-        g = make_generator(generator)
+        self._check()
+        x, y, _, g = self._prepare_scoring(model, x, y, threat, target, generator)
         patch = self.fit(model, (x, y), threat, target=target, generator=g)
         res = self.apply(model, x, y, threat, patch, target=target, generator=g)
         res.history = list(self.history_)

@@ -22,9 +22,10 @@ Example::
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 from functools import lru_cache
-from typing import List, NamedTuple, Optional, Sequence, Tuple
+from typing import List, NamedTuple, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -32,7 +33,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from .._validation import check_images, check_positive_int, make_generator
+from .._validation import check_images, check_int, check_labels, check_positive_int, make_generator
+from .._config import UnknownNameError
+from .transforms import _as_hw
 
 # Astronaut face box, hand-checked on a 3× zoom of skimage.data.astronaut(): cheeks at x ≈ 178 and
 # x ≈ 272 at eye level, hairline y ≈ 72, chin y ≈ 180 (WIDER-style forehead-to-chin box). The pretrained
@@ -120,7 +123,8 @@ def _load_background(name: str) -> Tensor:
             return _to_tensor(np.asarray(im.convert("RGB")))
     import skimage.data
     if name not in BACKGROUNDS:
-        raise ValueError(f"backgrounds: unknown name {name!r}; expected one of {BACKGROUNDS} or tensors")
+        raise UnknownNameError(f"backgrounds: unknown name {name!r}; expected one of {BACKGROUNDS} or "
+                               f"tensors")
     return _to_tensor(getattr(skimage.data, name)())
 
 
@@ -194,8 +198,17 @@ def composite_faces(n: int, size=(256, 256), faces=None, backgrounds=None,
     """
     n = check_positive_int(n, "n")
     max_faces = check_positive_int(max_faces, "max_faces")
-    size = (int(size), int(size)) if isinstance(size, int) else tuple(int(s) for s in size)
-    lo, hi = (int(v) for v in scale_range)
+    size = _as_hw(size)
+    if isinstance(scale_range, (str, bytes)) or not isinstance(scale_range, (tuple, list)) or \
+            len(scale_range) != 2:
+        raise TypeError(f"scale_range: expected (min, max) face heights in pixels, got {scale_range!r}")
+    lo, hi = (check_int(v, "scale_range") for v in scale_range)
+    if not isinstance(split, str) or split not in SPLITS:
+        raise ValueError(f"split: expected one of {SPLITS}, got {split!r}")
+    if backgrounds is not None and (isinstance(backgrounds, (str, Tensor)) or
+                                    not isinstance(backgrounds, (list, tuple)) or not backgrounds):
+        raise TypeError(f"backgrounds: expected a non-empty list of names from {BACKGROUNDS} and/or "
+                        f"3×H×W tensors, got {backgrounds!r}")
     if not 8 <= lo <= hi or hi > min(size):
         raise ValueError(f"scale_range: expected 8 <= min <= max <= min(size)={min(size)}, got {scale_range}")
     pool, ids = _face_pool() if faces is None else _user_faces(faces)
@@ -231,22 +244,46 @@ def _user_faces(faces) -> Tuple[List[Tensor], Tensor]:
     if not (isinstance(faces, (tuple, list)) and len(faces) == 2):
         raise TypeError("faces: expected (crops, identities) with crops a list/tensor of 3×h×w images")
     crops, ids = faces
-    crops = [check_images(c, "faces", channels=3, allow_single=True)[0] for c in crops]
-    ids = torch.as_tensor(ids).long().flatten()
+    if isinstance(crops, Tensor):
+        crops = list(check_images(crops, "faces", channels=3, allow_single=True).unbind(0))
+    elif isinstance(crops, (list, tuple)):
+        crops = [check_images(c, "faces", channels=3, allow_single=True)[0] for c in crops]
+    else:
+        raise TypeError(f"faces: expected crops as a list or tensor of 3×h×w images, got "
+                        f"{type(crops).__name__}")
+    if isinstance(ids, (str, bytes)) or ids is None:
+        raise TypeError(f"faces: identities must be integers, got {ids!r}")
+    ids = check_labels(torch.as_tensor(ids).flatten(), len(crops), name="faces: identities")
     if len(crops) == 0 or len(ids) != len(crops):
         raise ValueError(f"faces: expected one identity per crop, got {len(crops)} crops and {len(ids)} ids")
     return crops, ids
 
 
-def _parse_ints(line: str, path: str, lineno: int, count: Optional[int] = None) -> List[int]:
-    try:
-        vals = [int(float(t)) for t in line.split()]
-    except ValueError:
-        vals = None
-    if vals is None or (count is not None and len(vals) != count):
-        want = f"{count} integers" if count else "integers"
-        raise ValueError(f"{path}:{lineno}: expected {want}, got {line.strip()!r}")
+def _parse_ints(line: str, path: str, lineno: int, count: int) -> List[int]:
+    """``count`` whole numbers from ``line`` (``"2.7"`` is an error, not 2; ``inf`` / ``1e400`` /
+    absurdly large values too); ``ValueError`` naming ``path:lineno`` otherwise."""
+    tokens = line.split()
+    why = None if len(tokens) == count else f"{len(tokens)} values"
+    vals = []
+    for t in tokens if why is None else ():
+        try:
+            v = float(t)
+        except ValueError:
+            why = f"{t!r} is not a number"
+            break
+        if not math.isfinite(v) or abs(v) > _MAX_VALUE:
+            why = f"{t!r} is not a finite number of at most {_MAX_VALUE:.0e}"
+            break
+        if not v.is_integer():
+            why = f"{t!r} is not a whole number"
+            break
+        vals.append(int(v))
+    if why is not None:
+        raise ValueError(f"{path}:{lineno}: expected {count} integers, got {line.strip()!r} ({why})")
     return vals
+
+
+_MAX_VALUE = 2.0 ** 31                         # no pixel coordinate or count is larger (float32-safe)
 
 
 def _is_placeholder(line: str) -> bool:
@@ -267,9 +304,20 @@ def load_wider_annotations(txt_path) -> List[WiderRecord]:
         >>> recs = load_wider_annotations("wider_face_split/wider_face_val_bbx_gt.txt")
         >>> recs[0].filename, recs[0].boxes.shape
     """
+    if isinstance(txt_path, bool) or not isinstance(txt_path, (str, os.PathLike)):
+        raise TypeError(f"txt_path: expected a file path, got {txt_path!r}")
     path = os.fspath(txt_path)
-    with open(path, encoding="utf-8") as fh:
-        lines = fh.read().splitlines()
+    if os.path.isdir(path):
+        raise ValueError(f"txt_path: {path!r} is a directory, expected a WIDER FACE annotation file")
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); is this a "
+                         f"WIDER FACE annotation file?") from None
+    lines = text.splitlines()
     records, i = [], 0
 
     def take():

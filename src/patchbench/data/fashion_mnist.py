@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import gzip
+import numbers
 import os
 import struct
 import zlib
@@ -47,7 +48,13 @@ def read_idx(path) -> np.ndarray:
     Checks the magic number (two zero bytes, a known type code, 1–4 dimensions) and that the payload
     has exactly ``prod(dims)`` items; anything else raises ``ValueError`` naming the file.
     """
+    if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path: expected an idx file path, got {path!r}")
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"path: {str(path)!r} is a directory, expected an idx file")
+    if not path.is_file():
+        raise FileNotFoundError(f"path: idx file {str(path)!r} does not exist")
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
@@ -115,12 +122,18 @@ def load_fashion_mnist(split: str = "train", root=None,
         ValueError: unknown split, or a corrupt / inconsistent file (the message names it).
         FileNotFoundError: the dataset is missing (the message says how to install it).
     """
-    if split not in _FILES:
+    if not isinstance(split, str) or split not in _FILES:
         raise ValueError(f"split: expected 'train' or 'test', got {split!r}")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"limit: expected a positive int or None, got {limit!r}")
-    r = fashion_mnist_root(root)
     img_stem, lab_stem, n_expected = _FILES[split]
+    if limit is not None:
+        if isinstance(limit, bool) or not isinstance(limit, numbers.Integral) or limit < 1:
+            raise ValueError(f"limit: expected a positive int or None, got {limit!r}")
+        if limit > n_expected:
+            raise ValueError(f"limit: the {split} split has {n_expected} images, got limit={limit}")
+        limit = int(limit)
+    if root is not None and (isinstance(root, bool) or not isinstance(root, (str, os.PathLike))):
+        raise TypeError(f"root: expected a folder path or None, got {root!r}")
+    r = fashion_mnist_root(root)
     img_path, lab_path = _find(r, img_stem), _find(r, lab_stem)
     images, labels = read_idx(img_path), read_idx(lab_path)
     if images.ndim != 3 or images.shape[1:] != (28, 28) or images.dtype != np.uint8:

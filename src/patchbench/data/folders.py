@@ -27,7 +27,8 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .transforms import _as_hw, resize_center_crop, to_tensor
+from .._validation import check_device, check_int
+from .transforms import _MODES, _as_hw, resize_center_crop, to_tensor
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
                   ".pgm", ".pbm")
@@ -38,7 +39,10 @@ _VAL_NAME = re.compile(r"^ILSVRC2012_val_\d{8}\.jpe?g$", re.IGNORECASE)
 def read_image(path: PathLike, size=None, mode: str = "RGB") -> Tensor:
     """Decode one image file → ``float32`` ``C×H×W`` in [0, 1] (resized + centre-cropped to ``size``
     when given). Raises ``ValueError`` naming the file when it is missing, corrupt or not an image."""
-    path = Path(path)
+    path = _as_path(path, "path")
+    if mode not in _MODES:
+        raise ValueError(f"mode: expected one of {_MODES}, got {mode!r}")
+    size = None if size is None else _as_hw(size)
     try:
         with Image.open(path) as im:
             im.load()          # force the full decode here, so truncated files fail now
@@ -50,9 +54,21 @@ def read_image(path: PathLike, size=None, mode: str = "RGB") -> Tensor:
     return to_tensor(img, mode)
 
 
+def _as_path(path, name: str) -> Path:
+    if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{name}: expected a file or folder path, got {path!r}")
+    if str(path) == "":
+        raise ValueError(f"{name}: the path is empty")
+    return Path(path)
+
+
 def _check_extensions(extensions) -> Tuple[str, ...]:
     if isinstance(extensions, str):
         extensions = (extensions,)
+    if not isinstance(extensions, (list, tuple)) or not all(isinstance(e, str) and e.strip(".")
+                                                            for e in extensions):
+        raise TypeError(f"extensions: expected file endings such as ('.png', '.jpg'), got "
+                        f"{extensions!r}")
     exts = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
     if not exts:
         raise ValueError("extensions: expected at least one file extension, got none")
@@ -64,11 +80,29 @@ def _is_image(name: str, exts: Sequence[str]) -> bool:
 
 
 def _walk_images(folder: Path, exts: Sequence[str]) -> List[Path]:
-    """All image files under ``folder`` (recursively, hidden entries skipped), sorted."""
-    found = []
+    """All image files under ``folder`` (recursively, hidden entries skipped), sorted.
+
+    Symlinked folders are followed, but each real folder is visited once (a link back up the tree
+    would otherwise list the same images dozens of times), and a file reached through several links
+    is listed once (at its first path in sorted order)."""
+    found, seen_dirs, seen_files = [], set(), set()
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found += [Path(dirpath) / f for f in filenames if _is_image(f, exts)]
+        real = os.path.realpath(dirpath)
+        if real in seen_dirs:
+            dirnames[:] = []
+            continue
+        seen_dirs.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
+                             and os.path.realpath(os.path.join(dirpath, d)) not in seen_dirs)
+        for f in sorted(filenames):
+            if not _is_image(f, exts):
+                continue
+            path = Path(dirpath) / f
+            key = os.path.realpath(path)
+            if key in seen_files:
+                continue
+            seen_files.add(key)
+            found.append(path)
     return sorted(found)
 
 
@@ -90,6 +124,8 @@ class _FileDataset(Dataset):
     """A list of ``(path, label)`` pairs decoded on access."""
 
     def __init__(self, samples: List[Tuple[Path, int]], size, mode: str):
+        if mode not in _MODES:
+            raise ValueError(f"mode: expected one of {_MODES}, got {mode!r}")
         self.samples = samples
         self.size = None if size is None else _as_hw(size)
         self.mode = mode
@@ -112,7 +148,13 @@ class _FileDataset(Dataset):
 
     def load(self, indices: Optional[Iterable[int]] = None, device="cpu") -> Tuple[Tensor, Tensor]:
         """Decode ``indices`` (default: all) into one batch ``(x N×C×H×W, y N)`` on ``device``."""
-        idx = range(len(self)) if indices is None else [int(i) for i in indices]
+        device = check_device(device, "device")
+        if indices is None:
+            idx = range(len(self))
+        else:
+            if isinstance(indices, (str, bytes)) or not hasattr(indices, "__iter__"):
+                raise TypeError(f"indices: expected a list of image indices, got {indices!r}")
+            idx = [check_int(i, "indices") for i in indices]
         x, y = stack_batch([self[i] for i in idx])
         return x.to(device), y.to(device)
 
@@ -138,7 +180,7 @@ class ImageFolder(_FileDataset):
 
     def __init__(self, root: PathLike, size=None, extensions: Sequence[str] = IMG_EXTENSIONS,
                  mode: str = "RGB"):
-        self.root = Path(root)
+        self.root = _as_path(root, "root")
         if not self.root.is_dir():
             raise FileNotFoundError(f"ImageFolder: {str(self.root)!r} is not a directory")
         exts = _check_extensions(extensions)
@@ -181,7 +223,7 @@ class ImageNetVal(_FileDataset):
     def __init__(self, root: PathLike, size=224, mode: str = "RGB"):
         from .imagenet import _val_labels, imagenet_class_names
 
-        self.root = Path(root)
+        self.root = _as_path(root, "root")
         if not self.root.is_dir():
             raise FileNotFoundError(f"ImageNetVal: {str(self.root)!r} is not a directory")
         files = [f for f in _walk_images(self.root, (".jpeg", ".jpg")) if _VAL_NAME.match(f.name)]
@@ -209,7 +251,7 @@ def image_paths(paths_or_dir, extensions: Sequence[str] = IMG_EXTENSIONS) -> Lis
     into the ordered list of paths :func:`load_images` reads."""
     exts = _check_extensions(extensions)
     if isinstance(paths_or_dir, (str, os.PathLike)):
-        p = Path(paths_or_dir)
+        p = _as_path(paths_or_dir, "paths_or_dir")
         if p.is_dir():
             paths = sorted(f for f in p.iterdir() if f.is_file() and _is_image(f.name, exts))
             if not paths:
@@ -217,7 +259,10 @@ def image_paths(paths_or_dir, extensions: Sequence[str] = IMG_EXTENSIONS) -> Lis
             return paths
         paths = [p]
     else:
-        paths = [Path(q) for q in paths_or_dir]
+        if not isinstance(paths_or_dir, (list, tuple)):
+            raise TypeError(f"paths_or_dir: expected a folder, a file or a list of files, got "
+                            f"{paths_or_dir!r}")
+        paths = [_as_path(q, "paths_or_dir") for q in paths_or_dir]
         if not paths:
             raise ValueError("load_images: got an empty list of paths")
     missing = [str(q) for q in paths if not q.is_file()]
@@ -241,6 +286,10 @@ def load_images(paths_or_dir, size=224, mode: str = "RGB", device="cpu",
 
         x = load_images("my_photos/", 224)     # N×3×224×224
     """
+    device = check_device(device, "device")
+    if mode not in _MODES:
+        raise ValueError(f"mode: expected one of {_MODES}, got {mode!r}")
+    size = None if size is None else _as_hw(size)
     paths = image_paths(paths_or_dir, extensions)
     x, _ = stack_batch([(read_image(p, size, mode), 0) for p in paths])
     return x.to(device)

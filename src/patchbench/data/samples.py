@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from .._validation import check_positive_int
+from .._validation import check_device, check_positive_int
 from .transforms import _as_hw, resize_center_crop, to_tensor
 
 NAMES = ("imagenet", "fashion-mnist")
@@ -125,10 +125,23 @@ def _imagenet_batch(size: Tuple[int, int]) -> Tensor:
     return torch.stack(images)
 
 
+def _check_n(key: str, n) -> Optional[int]:
+    """``n`` as an int in 1..(size of the set), or None."""
+    if n is None:
+        return None
+    n = check_positive_int(n, "n")
+    available = len(_IMAGENET) if key == "imagenet" else 10000
+    if n > available:
+        raise ValueError(f"n: the {key!r} sample set has {available} images, got n={n}")
+    return n
+
+
 def _check_name(name: str) -> str:
-    key = str(name).lower().replace("_", "-")
+    if not isinstance(name, str):
+        raise TypeError(f"name: expected a sample set name ({', '.join(NAMES)}), got {name!r}")
+    key = name.lower().replace("_", "-")
     if key not in NAMES:
-        raise LookupError(f"unknown sample set {name!r}; available: {', '.join(NAMES)}")
+        raise LookupError(f"name: unknown sample set {name!r}; available: {', '.join(NAMES)}")
     return key
 
 
@@ -154,8 +167,10 @@ def samples(name: str = "imagenet", size=None, device="cpu",
         FileNotFoundError: the Fashion-MNIST files are missing (the message says how to get them).
     """
     key = _check_name(name)
-    if n is not None:
-        n = check_positive_int(n, "n")
+    device = check_device(device, "device")
+    n = _check_n(key, n)
+    if size is not None:
+        _as_hw(size)
     if key == "imagenet":
         hw = _as_hw(224 if size is None else size)
         x = _imagenet_batch(hw)[:n].clone()
@@ -173,8 +188,7 @@ def sample_info(name: str = "imagenet", n: Optional[int] = None) -> List[Sample]
     """What :func:`samples` returns, one :class:`Sample` per image in the same order (source, crop
     box, label, class name and the reason for the label)."""
     key = _check_name(name)
-    if n is not None:
-        n = check_positive_int(n, "n")
+    n = _check_n(key, n)
     if key == "imagenet":
         return list(_IMAGENET[:n])
     from .fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist

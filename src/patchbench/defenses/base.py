@@ -24,14 +24,16 @@ a sigmoid in the backward pass):
 """
 from __future__ import annotations
 
-from typing import List, Optional
+import numbers
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from .._registry import Registry
 from ..models.base import predict_in_batches
-from .._validation import check_images, check_positive_int
+from .._validation import (check_bool, check_choice, check_images, check_model_input, check_number,
+                           check_positive, check_positive_int)
 
 GRADIENTS = ("exact", "bpda-identity", "bpda-straight-through", "bpda-sigmoid", "bpda-constant",
              "bpda-surrogate")
@@ -42,8 +44,12 @@ def bpda(forward_value: Tensor, surrogate: Tensor) -> Tensor:
 
     Both tensors have the same shape; ``forward_value`` is usually computed without autograd (PIL
     JPEG) and ``surrogate`` is the differentiable approximation ``h(x)``. With ``surrogate = x`` this is
-    BPDA with the identity.
+    BPDA with the identity. Only types and shapes are checked (no pass over the values): defenses
+    call it inside attack loops.
     """
+    for name, t in (("forward_value", forward_value), ("surrogate", surrogate)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"bpda: {name} must be a torch.Tensor, got {type(t).__name__}")
     if forward_value.shape != surrogate.shape:
         raise ValueError(f"bpda: forward value {tuple(forward_value.shape)} and surrogate "
                          f"{tuple(surrogate.shape)} must have the same shape")
@@ -55,7 +61,7 @@ def binarize(p: Tensor, threshold: float = 0.5, mode: str = "bpda-sigmoid",
     """Hard threshold ``1[p ≥ threshold]`` whose backward pass follows ``mode``.
 
     Args:
-        p: any tensor (e.g. a per-pixel patch probability ``N×1×H×W``).
+        p: any float tensor (e.g. a per-pixel patch probability ``N×1×H×W``).
         threshold: the binarisation threshold (PatchZero's ε_p = 0.5, §4).
         mode: ``"bpda-sigmoid"`` — gradient of ``σ((p − threshold)/temperature)`` (PatchZero §3.3);
             ``"bpda-straight-through"`` — gradient of ``p`` (identity); ``"exact"`` — zero gradient
@@ -63,18 +69,66 @@ def binarize(p: Tensor, threshold: float = 0.5, mode: str = "bpda-sigmoid",
         temperature: width of the sigmoid (only for ``"bpda-sigmoid"``).
 
     Returns: a float tensor of exact 0/1 values, shaped like ``p``.
+
+    Raises ``TypeError`` for a non-tensor / non-float ``p``, ``ValueError`` for a non-finite
+    ``threshold`` or a ``temperature`` that is not a finite number > 0, ``LookupError`` for an
+    unknown ``mode``. The values of ``p`` are not scanned.
     """
+    if not isinstance(p, Tensor):
+        raise TypeError(f"binarize: p must be a torch.Tensor, got {type(p).__name__}")
+    if not p.is_floating_point():
+        raise TypeError(f"binarize: p must be a floating-point tensor (probabilities), got {p.dtype}")
+    return _binarize(p, check_number(threshold, "threshold"),
+                     check_choice(mode, "mode", _BINARIZE_MODES),
+                     check_positive(temperature, "temperature"))
+
+
+def _binarize(p: Tensor, threshold: float, mode: str, temperature: float) -> Tensor:
+    """:func:`binarize` on validated arguments (PatchZero's per-call path)."""
     hard = (p >= threshold).to(p.dtype)
     if mode == "exact":
         return hard.detach()
     if mode == "bpda-straight-through":
         return bpda(hard, p)
-    if mode == "bpda-sigmoid":
-        if temperature <= 0:
-            raise ValueError(f"binarize: temperature must be > 0, got {temperature}")
-        return bpda(hard, torch.sigmoid((p - threshold) / temperature))
-    raise ValueError(f"binarize: mode must be 'exact', 'bpda-straight-through' or 'bpda-sigmoid', "
-                     f"got {mode!r}")
+    return bpda(hard, torch.sigmoid((p - threshold) / temperature))
+
+
+_BINARIZE_MODES = ("bpda-sigmoid", "bpda-straight-through", "exact")
+
+
+def check_classifier(model, name: str = "model") -> nn.Module:
+    """A classifier module (``nn.Module``), as the ``model`` argument of ``classify``/``certify``."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{name}: expected an nn.Module classifier (logits N×num_classes), got "
+                        f"{type(model).__name__}")
+    return model
+
+
+def check_fill_values(fill, name: str = "fill", channels: Optional[int] = None) -> Tuple[float, ...]:
+    """A fill colour in [0, 1]: one number, or one per channel (sequence, array or 1-D tensor);
+    returned as a tuple of floats."""
+    if isinstance(fill, (str, bytes)) or fill is None or isinstance(fill, bool):
+        raise TypeError(f"{name}: expected a number or per-channel numbers in [0, 1], got {fill!r}")
+    if isinstance(fill, Tensor) or type(fill).__name__ == "ndarray":
+        if fill.ndim > 1:
+            raise ValueError(f"{name}: expected a number or a 1-D sequence of per-channel values, "
+                             f"got shape {tuple(fill.shape)}")
+        vals = [fill.item()] if fill.ndim == 0 else list(fill.tolist())
+    elif isinstance(fill, numbers.Real):
+        vals = [fill]
+    elif isinstance(fill, (list, tuple)):
+        vals = list(fill)
+    else:
+        raise TypeError(f"{name}: expected a number or per-channel numbers in [0, 1], got "
+                        f"{type(fill).__name__}")
+    if not vals:
+        raise ValueError(f"{name}: expected at least one value, got an empty sequence")
+    out = tuple(check_number(v, f"{name}[{i}]" if len(vals) > 1 else name, 0.0, 1.0)
+                for i, v in enumerate(vals))
+    if channels is not None and len(out) not in (1, channels):
+        want = "1 value" if channels == 1 else f"1 or {channels} values (one per channel)"
+        raise ValueError(f"{name}: expected {want} for {channels}-channel images, got {len(out)}")
+    return out
 
 
 class Defense(nn.Module):
@@ -101,7 +155,7 @@ class Defense(nn.Module):
         if self.output != "image":
             raise TypeError(f"{type(self).__name__} is a prediction-level defense: it has no "
                             f"purified image; use .classify(model, x) or Defended(model, defense)")
-        x = check_images(x, f"{type(self).__name__} input")
+        x = check_images(x, f"{type(self).__name__} input x")
         return self.purify(x)
 
     def purify(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
@@ -112,7 +166,7 @@ class Defense(nn.Module):
 
         Purifiers return ``model(self(x))``; prediction-level defenses override this.
         """
-        return model(self(x))
+        return check_classifier(model)(self(x))
 
     def extra_repr(self) -> str:
         return f"gradient={self.gradient!r}, randomized={self.randomized}"
@@ -149,7 +203,11 @@ class Defended(nn.Module):
     def __init__(self, model: nn.Module, defense: Defense, eot_samples: Optional[int] = None):
         super().__init__()
         if not isinstance(defense, Defense):
-            raise TypeError(f"Defended: expected a patchbench Defense, got {type(defense).__name__}")
+            raise TypeError(f"Defended: defense must be a patchbench Defense, got "
+                            f"{type(defense).__name__}")
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"Defended: model must be an nn.Module classifier, got "
+                            f"{type(model).__name__}")
         for attr in ("num_classes", "channels"):
             if not hasattr(model, attr):
                 raise TypeError(f"Defended: model must be a classifier with .{attr} "
@@ -158,15 +216,24 @@ class Defended(nn.Module):
         self.defense = defense
         self.eot_samples = check_positive_int(
             defense.eot_samples if eot_samples is None else eot_samples, "eot_samples")
-        self.attack_mode: Optional[bool] = None
+        self.attack_mode = None
         self.num_classes = model.num_classes
         self.class_names = list(getattr(model, "class_names", range(model.num_classes)))
         self.input_size = getattr(model, "input_size", None)
         self.channels = model.channels
         self.name = f"{getattr(model, 'name', 'model')}+{getattr(defense, 'name', 'defense')}"
 
+    @property
+    def attack_mode(self) -> Optional[bool]:
+        """None (attack mode while autograd records), or True/False to force it."""
+        return self._attack_mode
+
+    @attack_mode.setter
+    def attack_mode(self, value: Optional[bool]) -> None:
+        self._attack_mode = None if value is None else check_bool(value, "attack_mode")
+
     def _attacking(self) -> bool:
-        return torch.is_grad_enabled() if self.attack_mode is None else bool(self.attack_mode)
+        return torch.is_grad_enabled() if self._attack_mode is None else self._attack_mode
 
     def _once(self, x: Tensor) -> Tensor:
         if self.defense.output == "prediction":
@@ -177,7 +244,14 @@ class Defended(nn.Module):
         return self.model(self.defense.purify(x))   # x was validated once in forward
 
     def forward(self, x: Tensor) -> Tensor:
-        x = check_images(x, "Defended input", channels=self.channels)
+        # check_model_input: inside trusted_inputs() (an attack's loop) the range scan is skipped
+        dtype = x.dtype if isinstance(x, Tensor) and x.is_floating_point() else torch.float32
+        x = check_model_input(x, "Defended input x", dtype=dtype)
+        if x.shape[1] != self.channels:
+            raise ValueError(f"Defended input x: the model takes {self.channels} channels, got "
+                             f"{x.shape[1]} (shape {tuple(x.shape)}; images are N×C×H×W)")
+        if x.shape[0] == 0 or x.shape[-1] == 0 or x.shape[-2] == 0:
+            raise ValueError(f"Defended input x: empty batch or image (shape {tuple(x.shape)})")
         draws = self.eot_samples if (self.defense.randomized and self._attacking()) else 1
         out = self._once(x)
         for _ in range(draws - 1):
@@ -186,15 +260,17 @@ class Defended(nn.Module):
 
     def predict(self, x: Tensor, batch_size: int = 64) -> tuple[Tensor, Tensor]:
         """Return ``(labels, confidences)`` of the defended model (one draw, eval mode)."""
-        return predict_in_batches(self, x, batch_size)
+        x = check_images(x, "x", channels=self.channels)
+        return predict_in_batches(self, x, check_positive_int(batch_size, "batch_size"))
 
 
 _DEFENSES = Registry("defense")
 
 
 def _check_gradient(cls) -> None:
-    if cls.gradient not in GRADIENTS:
-        raise ValueError(f"{cls.__name__}.gradient must be one of {GRADIENTS}, got {cls.gradient!r}")
+    if not (isinstance(cls, type) and issubclass(cls, Defense)):
+        raise TypeError(f"register: expected a Defense subclass, got {cls!r}")
+    check_choice(cls.gradient, f"{cls.__name__}.gradient", GRADIENTS)
 
 
 def register(name: str):
@@ -204,6 +280,8 @@ def register(name: str):
 
 def get(name: str, **kwargs) -> Defense:
     """Build a registered defense by name, e.g. ``get("lgs", smoothing_factor=2.3)``."""
+    if not isinstance(name, str):
+        raise TypeError(f"name: expected a defense name such as 'lgs', got {name!r}")
     return _DEFENSES.get(name, **kwargs)
 
 

@@ -18,18 +18,29 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from .._validation import check_positive_int
+from .._validation import check_choice, check_images, check_int, check_number, check_positive_int
 from .base import Defense, bpda, register
+
+# Gaussian kernels wider than this (radius in pixels) are refused: memory grows with the radius.
+MAX_GAUSSIAN_RADIUS = 4096
+
+
+def _check_quality(quality, name: str = "quality", maximum: int = 100) -> int:
+    return check_int(quality, name, minimum=1, maximum=maximum)
 
 
 def jpeg_roundtrip(x: Tensor, quality: int = 75) -> Tensor:
-    """Encode and decode each image with Pillow's JPEG at ``quality`` (no autograd).
+    """Encode and decode each image with Pillow's JPEG at ``quality`` (an int in 1–100; no autograd).
 
-    ``x`` ``N×C×H×W`` in [0, 1] with C ∈ {1, 3} → same shape, on ``x``'s device. Images are
+    ``x`` ``N×C×H×W`` float in [0, 1] with C ∈ {1, 3} → same shape, dtype and device. Images are
     quantised to 8 bits first, as any saved image would be.
     """
-    if x.shape[1] not in (1, 3):
-        raise ValueError(f"JPEG: expected 1 or 3 channels, got {x.shape[1]}")
+    x = check_images(x, "x", channels=(1, 3))
+    return _jpeg_roundtrip(x, _check_quality(quality))
+
+
+def _jpeg_roundtrip(x: Tensor, quality: int) -> Tensor:
+    """:func:`jpeg_roundtrip` without the checks (``x`` and ``quality`` already validated)."""
     arr = (x.detach().clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     out = np.empty_like(arr)
     for i, img in enumerate(arr):   # PIL codes one image at a time
@@ -83,8 +94,15 @@ def _jpeg_plane(p: Tensor, q: Tensor, d: Tensor) -> Tensor:
 
 def differentiable_jpeg(x: Tensor, quality: int = 75) -> Tensor:
     """A differentiable JPEG approximation: JFIF YCbCr, 4:2:0 chroma subsampling (Pillow's default),
-    8×8 DCT, IJG tables scaled by ``quality``, cubic rounding (Shin & Song, "JPEG-resistant
-    adversarial images", 2017), bilinear chroma upsampling. ``N×C×H×W`` (C ∈ {1, 3}) → same."""
+    8×8 DCT, IJG tables scaled by ``quality`` (an int in 1–100), cubic rounding (Shin & Song,
+    "JPEG-resistant adversarial images", 2017), bilinear chroma upsampling.
+    ``N×C×H×W`` float in [0, 1] (C ∈ {1, 3}) → same."""
+    x = check_images(x, "x", channels=(1, 3))
+    return _differentiable_jpeg(x, _check_quality(quality))
+
+
+def _differentiable_jpeg(x: Tensor, quality: int) -> Tensor:
+    """:func:`differentiable_jpeg` without the checks (``x`` and ``quality`` already validated)."""
     n, c, h, w = x.shape
     d = _dct_matrix(x.device, x.dtype)
     ph, pw = (-h) % 16, (-w) % 16
@@ -116,8 +134,10 @@ class JPEG(Defense):
     :func:`differentiable_jpeg` instead (``gradient = "bpda-surrogate"``, a closer h ≈ JPEG).
 
     Args:
-        quality (int, default 75): JPEG quality 1–95.
-        surrogate (str, default "identity"): ``"identity"`` or ``"differentiable"``.
+        quality (int, default 75): JPEG quality 1–95 (Pillow's useful range; the functions
+            :func:`jpeg_roundtrip` and :func:`differentiable_jpeg` take 1–100).
+        surrogate (str, default "identity"): ``"identity"`` or ``"differentiable"``
+            (``LookupError`` otherwise).
 
     Shapes: ``N×C×H×W`` (C = 1 or 3) in [0, 1] → same.
 
@@ -131,20 +151,18 @@ class JPEG(Defense):
 
     def __init__(self, quality: int = 75, surrogate: str = "identity"):
         super().__init__()
-        self.quality = check_positive_int(quality, "quality")
-        if self.quality > 95:
-            raise ValueError(f"JPEG: quality must be in 1..95 (Pillow's useful range), got {quality}")
-        if surrogate not in ("identity", "differentiable"):
-            raise ValueError(f"JPEG: surrogate must be 'identity' or 'differentiable', got "
-                             f"{surrogate!r}")
-        self.surrogate = surrogate
+        self.quality = _check_quality(quality, maximum=95)
+        self.surrogate = check_choice(surrogate, "surrogate", ("identity", "differentiable"))
         self.gradient = "bpda-identity" if surrogate == "identity" else "bpda-surrogate"
 
     def purify(self, x: Tensor) -> Tensor:
-        y = jpeg_roundtrip(x, self.quality)
+        if x.shape[1] not in (1, 3):
+            raise ValueError(f"JPEG input x: expected 1 or 3 channels, got {x.shape[1]} "
+                             f"(shape {tuple(x.shape)})")
+        y = _jpeg_roundtrip(x, self.quality)
         if not (torch.is_grad_enabled() and x.requires_grad):
             return y
-        approx = x if self.surrogate == "identity" else differentiable_jpeg(x, self.quality)
+        approx = x if self.surrogate == "identity" else _differentiable_jpeg(x, self.quality)
         return bpda(y, approx)
 
     def extra_repr(self) -> str:
@@ -159,7 +177,7 @@ class MedianFilter(Defense):
     gradient flows to the selected neighbour), so ``gradient = "exact"``.
 
     Args:
-        k (int, default 3): odd window size.
+        k (int, default 3): odd window size (>= 1); it must be smaller than twice the image side.
 
     Example::
 
@@ -194,8 +212,9 @@ class GaussianFilter(Defense):
     """Per-channel Gaussian blur (ELGS §4 baseline "GF"), separable, reflect padding; exact gradient.
 
     Args:
-        sigma (float, default 1.0): standard deviation in pixels.
-        truncate (float, default 4.0): kernel radius = ceil(truncate·sigma) (scipy's default).
+        sigma (float, default 1.0): standard deviation in pixels, finite and > 0.
+        truncate (float, default 4.0): kernel radius = ceil(truncate·sigma) (scipy's default);
+            finite and > 0, with a radius of at most ``MAX_GAUSSIAN_RADIUS`` (4096) px.
 
     Example::
 
@@ -206,18 +225,20 @@ class GaussianFilter(Defense):
 
     def __init__(self, sigma: float = 1.0, truncate: float = 4.0):
         super().__init__()
-        self.sigma = float(sigma)
-        if not self.sigma > 0:
-            raise ValueError(f"GaussianFilter: sigma must be > 0, got {sigma!r}")
-        self.truncate = float(truncate)
-        if not self.truncate > 0:
-            raise ValueError(f"GaussianFilter: truncate must be > 0, got {truncate!r}")
+        self.sigma = check_number(sigma, "sigma", low=0.0, low_inclusive=False)
+        self.truncate = check_number(truncate, "truncate", low=0.0, low_inclusive=False)
+        radius = math.ceil(self.truncate * self.sigma)
+        if radius > MAX_GAUSSIAN_RADIUS:
+            raise ValueError(f"GaussianFilter: sigma·truncate = {self.sigma:g}·{self.truncate:g} gives "
+                             f"a kernel radius of {radius} px; at most {MAX_GAUSSIAN_RADIUS} is "
+                             f"supported (lower sigma or truncate)")
 
     def kernel(self, device=None, dtype=torch.float32) -> Tensor:
         """The normalised 1-D kernel of length ``2·ceil(truncate·sigma) + 1``."""
         r = max(1, int(math.ceil(self.truncate * self.sigma)))
         t = torch.arange(-r, r + 1, device=device, dtype=dtype)
-        k = torch.exp(-0.5 * (t / self.sigma) ** 2)
+        # below 1e-30 the kernel is already the unit impulse; the floor keeps 0/σ from being 0/0
+        k = torch.exp(-0.5 * (t / max(self.sigma, 1e-30)) ** 2)
         return k / k.sum()
 
     def purify(self, x: Tensor) -> Tensor:

@@ -9,6 +9,11 @@
 
 All three transform ``T(x) = clip(x ⊙ (1 − λ·G(x)), 0, 1)`` with ``G = g``, ``D ⊙ g`` or ``W ⊙ g``.
 Threat model: localized (patch) perturbations that are high-frequency; training-free, deterministic.
+
+The module-level building blocks (:func:`gradient_magnitude`, :func:`block_mask`, :func:`erode`,
+:func:`saliency_mask`, :func:`top_k_saliency`, ...) are inner-loop helpers: their inputs are not
+validated. The defense classes validate their parameters on construction and their input images
+when called.
 """
 from __future__ import annotations
 
@@ -16,8 +21,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._validation import check_fraction, check_positive_int
-from .base import Defense, register
+from .._validation import check_bool, check_fraction, check_int, check_number, check_positive_int
+from .base import Defense, check_classifier, register
+
+# λ·G ≥ 1 already zeroes a pixel, so larger λ only saturates; the cap keeps λ·G finite (no inf·0 = NaN
+# where G = 0), also in float16.
+MAX_SMOOTHING_FACTOR = 1000.0
+# Morphology past this many 3×3 steps has long reached a fixed point on any practical image.
+MAX_MORPHOLOGY_STEPS = 1000
 
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, PIL's "L" conversion used by the LGS reference code
 
@@ -98,6 +109,8 @@ def standardized_saliency(s: Tensor, clamp: bool = False) -> Tensor:
     paper's "WLGS clamp" variant (Fig. 5) clips the normalised saliency to (0, 1), which is only
     meaningful if the normalised values leave that interval. ``clamp=True`` is that variant.
     """
+    if s.shape[-1] * s.shape[-2] == 1:         # one pixel: std is undefined, (M − mean) is 0
+        return torch.zeros_like(s)
     mu = s.mean(dim=(2, 3), keepdim=True)
     sd = s.std(dim=(2, 3), keepdim=True)
     w = (s - mu) / (sd + 1e-12)
@@ -130,10 +143,13 @@ def _check_lgs_args(window, overlap, threshold, smoothing_factor):
     if overlap >= window:
         raise ValueError(f"overlap must be smaller than window ({window}), got {overlap}")
     threshold = check_fraction(threshold, "threshold", 0.0, 1.0, inclusive=True)
-    lam = float(smoothing_factor)
-    if not lam > 0:
-        raise ValueError(f"smoothing_factor (λ) must be > 0, got {smoothing_factor!r}")
+    lam = check_number(smoothing_factor, "smoothing_factor (λ)", low=0.0,
+                       high=MAX_SMOOTHING_FACTOR, low_inclusive=False)
     return window, overlap, threshold, lam
+
+
+def _check_saliency_args(owner: str, model, top_k):
+    return check_classifier(model, f"{owner} model"), check_positive_int(top_k, "top_k")
 
 
 @register("lgs")
@@ -145,9 +161,10 @@ class LGS(Defense):
     ``threshold``. Differentiable (``gradient = "exact"``; the block selection is piecewise constant).
 
     Args:
-        window (int, default 15), overlap (int, default 5), threshold (float, default 0.1),
-        smoothing_factor (float λ, default 2.3): Naseer et al.'s defaults; ELGS sweeps λ ∈
-        {2.3, 2.7, 3.5} (VGG16, Table 1) and {1.5, 1.9, 2.3} (InceptionV3, Table 2).
+        window (int >= 1, default 15), overlap (int in [0, window), default 5), threshold (float in
+        [0, 1], default 0.1), smoothing_factor (float λ in (0, 1000], default 2.3): Naseer et al.'s
+        defaults; ELGS sweeps λ ∈ {2.3, 2.7, 3.5} (VGG16, Table 1) and {1.5, 1.9, 2.3}
+        (InceptionV3, Table 2).
 
     Shapes: ``N×C×H×W`` in [0, 1] → same.
 
@@ -208,12 +225,9 @@ class SLGS(LGS):
                  threshold: float = 0.2, smoothing_factor: float = 2.3, top_k: int = 5,
                  erosions: int = 2, dilations: int = 3):
         super().__init__(window, overlap, threshold, smoothing_factor)
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"SLGS: model must be an nn.Module classifier, got {type(model).__name__}")
-        self.model = model
-        self.top_k = check_positive_int(top_k, "top_k")
-        self.erosions = check_positive_int(erosions, "erosions", minimum=0)
-        self.dilations = check_positive_int(dilations, "dilations", minimum=0)
+        self.model, self.top_k = _check_saliency_args("SLGS", model, top_k)
+        self.erosions = check_int(erosions, "erosions", 0, MAX_MORPHOLOGY_STEPS)
+        self.dilations = check_int(dilations, "dilations", 0, MAX_MORPHOLOGY_STEPS)
 
     def suppression_map(self, x: Tensor) -> Tensor:
         sal = top_k_saliency(self.model, x, self.top_k)
@@ -247,13 +261,10 @@ class WLGS(LGS):
                  window: int = 15, overlap: int = 5, threshold: float = 0.2,
                  smoothing_factor: float = 2.3, top_k: int = 5):
         super().__init__(window, overlap, threshold, smoothing_factor)
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"WLGS: model must be an nn.Module classifier, got {type(model).__name__}")
-        self.model = model
-        self.clamp = bool(clamp)
-        self.second_order = bool(second_order)
+        self.model, self.top_k = _check_saliency_args("WLGS", model, top_k)
+        self.clamp = check_bool(clamp, "clamp")
+        self.second_order = check_bool(second_order, "second_order")
         self.gradient = "exact" if self.second_order else "bpda-constant"
-        self.top_k = check_positive_int(top_k, "top_k")
 
     def suppression_map(self, x: Tensor) -> Tensor:
         second = self.second_order and torch.is_grad_enabled() and x.requires_grad

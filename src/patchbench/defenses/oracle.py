@@ -11,24 +11,44 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from .._validation import check_images
+from .._validation import check_images, check_mask, check_tensor_device
 from ..models.base import IMAGENET_MEAN
-from .base import Defense, register
+from .base import Defense, check_fill_values, register
 
 
-def _check_mask(mask, x: Tensor) -> Tensor:
+def _mask_values_ok(mask: Tensor, name: str) -> None:
+    """Type, device, dimensions and exact 0/1 values of a mask, before the images are known."""
     if not isinstance(mask, Tensor):
-        raise TypeError(f"GTMaskOracle: mask must be a tensor N×1×H×W, got {type(mask).__name__}")
+        raise TypeError(f"{name}: expected a mask tensor N×1×H×W (1 = patch pixel), got "
+                        f"{type(mask).__name__}")
+    check_tensor_device(mask, name)
+    if mask.dim() not in (2, 3, 4):
+        raise ValueError(f"{name}: expected a mask N×1×H×W (or N×H×W / H×W), got shape "
+                         f"{tuple(mask.shape)}")
+    if mask.is_complex():
+        raise TypeError(f"{name}: expected a real-valued mask, got dtype {mask.dtype}")
+    if mask.numel() and not bool(((mask == 0) | (mask == 1)).all()):
+        raise ValueError(f"{name}: values must be exactly 0 or 1 (1 = patch pixel)")
+
+
+def _fit_mask(mask: Tensor, x: Tensor, name: str, check_values: bool = True) -> Tensor:
+    """``mask`` (N×1×H×W, N×H×W, 1×1×H×W or H×W) as ``N×1×H×W`` in ``x``'s dtype and device."""
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"{name}: expected a mask tensor N×1×H×W (1 = patch pixel), got "
+                        f"{type(mask).__name__}")
     if mask.dim() == 3:
         mask = mask.unsqueeze(1)
     n, _, h, w = x.shape
-    if mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[-2:] != (h, w) or mask.shape[0] not in (1, n):
-        raise ValueError(f"GTMaskOracle: mask must be {n}×1×{h}×{w} (or 1×1×{h}×{w}) for images of "
-                         f"shape {tuple(x.shape)}, got {tuple(mask.shape)}")
-    mask = mask.to(device=x.device, dtype=x.dtype)
-    if float(mask.min()) < 0 or float(mask.max()) > 1:
-        raise ValueError("GTMaskOracle: mask values must lie in [0, 1] (1 = patch pixel)")
-    return mask
+    if check_values:
+        m = check_mask(mask, name, n, h, w, binary=True)
+    else:   # values were checked by set_mask: shapes only (no pass over the values)
+        m4 = mask[None, None] if mask.dim() == 2 else mask
+        if m4.dim() != 4 or m4.shape[1] != 1 or tuple(m4.shape[-2:]) != (h, w) \
+                or m4.shape[0] not in (1, n):
+            raise ValueError(f"{name}: expected N×1×H×W with N in (1, {n}) and H×W = {h}×{w} for "
+                             f"images of shape {tuple(x.shape)}, got shape {tuple(mask.shape)}")
+        m = m4.expand(n, 1, h, w)
+    return m.to(device=x.device, dtype=x.dtype)
 
 
 @register("gt-mask")
@@ -41,10 +61,12 @@ class GTMaskOracle(Defense):
     there — as it should for a perfect oracle).
 
     Args:
-        fill (float, sequence of per-channel floats, or None; default None): the dataset mean pixel.
-            None → the ImageNet mean (0.485, 0.456, 0.406) for RGB images and 0.5 otherwise.
+        fill (float, sequence of per-channel floats, or None; default None): the dataset mean pixel,
+            value(s) in [0, 1]. None → the ImageNet mean (0.485, 0.456, 0.406) for RGB images and
+            0.5 otherwise.
 
-    Shapes: ``x`` ``N×C×H×W`` in [0, 1]; ``mask`` ``N×1×H×W`` (or ``N×H×W``), 1 = patch pixel.
+    Shapes: ``x`` ``N×C×H×W`` in [0, 1]; ``mask`` ``N×1×H×W`` (or ``N×H×W``, ``1×1×H×W``, ``H×W``)
+    of exact 0/1 values, 1 = patch pixel.
 
     Example::
 
@@ -56,19 +78,14 @@ class GTMaskOracle(Defense):
 
     def __init__(self, fill: Union[None, float, Sequence[float]] = None):
         super().__init__()
-        if fill is not None:
-            vals = [float(fill)] if isinstance(fill, (int, float)) else [float(v) for v in fill]
-            if not vals or any(not 0.0 <= v <= 1.0 for v in vals):
-                raise ValueError(f"GTMaskOracle: fill must be value(s) in [0, 1], got {fill!r}")
-            fill = tuple(vals)
-        self.fill = fill
+        self.fill = None if fill is None else check_fill_values(fill, "fill")
         self._mask: Optional[Tensor] = None
 
     def set_mask(self, mask: Optional[Tensor]) -> "GTMaskOracle":
-        """Store the true patch masks for the next calls (``None`` clears them); returns self."""
-        if mask is not None and not isinstance(mask, Tensor):
-            raise TypeError(f"GTMaskOracle.set_mask: expected a tensor N×1×H×W, got "
-                            f"{type(mask).__name__}")
+        """Store the true patch masks (exact 0/1, ``N×1×H×W``) for the next calls (``None`` clears
+        them); returns self. Their shape is checked against the images at each call."""
+        if mask is not None:
+            _mask_values_ok(mask, "mask")
         self._mask = None if mask is None else mask.detach()
         return self
 
@@ -84,16 +101,16 @@ class GTMaskOracle(Defense):
         return torch.tensor(vals, dtype=x.dtype, device=x.device).view(1, c, 1, 1)
 
     def forward(self, x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
-        x = check_images(x, "GTMaskOracle input")
+        x = check_images(x, "GTMaskOracle input x")
         if mask is not None:
-            return self._apply(x, _check_mask(mask, x))
+            return self._repaint(x, _fit_mask(mask, x, "mask"))
         return self.purify(x)
 
     def purify(self, x: Tensor) -> Tensor:
         if self._mask is None:
             raise ValueError("GTMaskOracle: no mask set; call oracle.set_mask(result.mask) or pass "
                              "oracle(x, mask=m)")
-        return self._apply(x, _check_mask(self._mask, x))
+        return self._repaint(x, _fit_mask(self._mask, x, "mask (set_mask)", check_values=False))
 
-    def _apply(self, x: Tensor, mask: Tensor) -> Tensor:
+    def _repaint(self, x: Tensor, mask: Tensor) -> Tensor:
         return x * (1.0 - mask) + self.fill_value(x) * mask

@@ -17,17 +17,24 @@ for Any Image Classifier", USENIX Security 2022.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
 from .._validation import check_images, check_labels, check_positive_int
-from .base import Defense, register
+from .base import Defense, check_classifier, check_fill_values, register
+
+
+# The mask set is stored as a dense K×1×H×W float tensor: refuse sets above 1 GiB.
+MAX_MASK_SET_ELEMENTS = 2 ** 28
 
 
 def mask_positions(n: int, p: int, k: int) -> Tuple[int, list]:
-    """Mask size and start offsets along one axis (PatchCleanser §3 mask-set construction)."""
+    """Mask size and start offsets along one axis (PatchCleanser §3 mask-set construction).
+
+    Inner helper: ``n``, ``p``, ``k`` are not validated (:class:`PatchCleanser` checks them)."""
     if p > n:
         raise ValueError(f"PatchCleanser: the patch ({p} px) is larger than the image ({n} px)")
     s = math.ceil((n - p + 1) / k)
@@ -40,7 +47,7 @@ def mask_positions(n: int, p: int, k: int) -> Tuple[int, list]:
 
 def mask_set(image_size: Tuple[int, int], patch_size: Tuple[int, int], k: int = 6) -> Tensor:
     """The 2-D mask set ``K×1×H×W`` (1 = masked), ``K ≤ k²``: every ``patch_size`` window of the
-    image lies fully inside at least one mask."""
+    image lies fully inside at least one mask. Inner helper: arguments are not validated."""
     (h, w), (ph, pw) = image_size, patch_size
     mh, ys = mask_positions(h, ph, k)
     mw, xs = mask_positions(w, pw, k)
@@ -50,21 +57,31 @@ def mask_set(image_size: Tuple[int, int], patch_size: Tuple[int, int], k: int = 
     return masks
 
 
+def _pair(value, name: str) -> Tuple[int, int]:
+    """An int ``s`` → ``(s, s)``, or an ``(h, w)`` pair of ints >= 1."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"PatchCleanser: {name} must be an int or (h, w), got {value!r}")
+        return tuple(check_positive_int(v, name) for v in value)
+    v = check_positive_int(value, name)
+    return v, v
+
+
 def _resolve_patch(patch_size, image_size: Tuple[int, int]) -> Tuple[int, int]:
     h, w = image_size
-    if isinstance(patch_size, float):
-        if not 0 < patch_size < 1:
+    is_fraction = (isinstance(patch_size, numbers.Real) and not isinstance(patch_size, bool)
+                   and not isinstance(patch_size, numbers.Integral))
+    if is_fraction:
+        frac = float(patch_size)
+        if not 0 < frac < 1:     # also NaN and ±inf
             raise ValueError(f"PatchCleanser: a float patch_size is an area fraction in (0, 1), got "
                              f"{patch_size} (give pixels as an int or (h, w))")
-        ph = pw = math.ceil(math.sqrt(patch_size * h * w))
-    elif isinstance(patch_size, (tuple, list)):
-        if len(patch_size) != 2:
-            raise ValueError(f"PatchCleanser: patch_size must be (h, w), got {patch_size!r}")
-        ph, pw = (check_positive_int(v, "patch_size") for v in patch_size)
+        ph = pw = math.ceil(math.sqrt(frac * h * w))
     else:
-        ph = pw = check_positive_int(patch_size, "patch_size")
+        ph, pw = _pair(patch_size, "patch_size")
     if ph > h or pw > w:
-        raise ValueError(f"PatchCleanser: a {ph}×{pw} patch does not fit in a {h}×{w} image")
+        raise ValueError(f"PatchCleanser: a {ph}×{pw} patch (patch_size) does not fit in a {h}×{w} "
+                         f"image (image_size)")
     return ph, pw
 
 
@@ -104,16 +121,16 @@ class PatchCleanser(Defense):
                  image_size: Union[int, Sequence[int]], k: int = 6,
                  fill: Union[float, Sequence[float]] = 0.5, batch_size: int = 256):
         super().__init__()
-        hw = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-        if len(hw) != 2:
-            raise ValueError(f"PatchCleanser: image_size must be an int or (H, W), got {image_size!r}")
-        self.image_size = tuple(check_positive_int(v, "image_size") for v in hw)
+        self.image_size = _pair(image_size, "image_size")
         self.patch_size = _resolve_patch(patch_size, self.image_size)
         self.k = check_positive_int(k, "k")
-        vals = [float(fill)] if isinstance(fill, (int, float)) else [float(v) for v in fill]
-        if not vals or any(not 0.0 <= v <= 1.0 for v in vals):
-            raise ValueError(f"PatchCleanser: fill must be value(s) in [0, 1], got {fill!r}")
-        self.fill = tuple(vals)
+        n_masks = (len(mask_positions(self.image_size[0], self.patch_size[0], self.k)[1])
+                   * len(mask_positions(self.image_size[1], self.patch_size[1], self.k)[1]))
+        if n_masks * self.image_size[0] * self.image_size[1] > MAX_MASK_SET_ELEMENTS:
+            raise ValueError(f"PatchCleanser: k={self.k} gives {n_masks} masks of "
+                             f"{self.image_size[0]}×{self.image_size[1]} pixels, more than the mask "
+                             f"set can hold ({MAX_MASK_SET_ELEMENTS} values); lower k")
+        self.fill = check_fill_values(fill, "fill")
         self.batch_size = check_positive_int(batch_size, "batch_size")
         self.register_buffer("masks", mask_set(self.image_size, self.patch_size, self.k))
         self.last_forward_counts = torch.zeros(0, dtype=torch.long)
@@ -123,11 +140,15 @@ class PatchCleanser(Defense):
     def num_masks(self) -> int:
         return self.masks.shape[0]
 
-    def _check(self, x: Tensor) -> Tensor:
-        x = check_images(x, "PatchCleanser input")
+    def _check(self, model, x: Tensor) -> Tensor:
+        check_classifier(model)
+        x = check_images(x, "PatchCleanser input x")
         if tuple(x.shape[-2:]) != self.image_size:
             raise ValueError(f"PatchCleanser: built for {self.image_size[0]}×{self.image_size[1]} "
-                             f"images, got {tuple(x.shape[-2:])}")
+                             f"images, got x of size {tuple(x.shape[-2:])}")
+        if len(self.fill) not in (1, x.shape[1]):
+            raise ValueError(f"PatchCleanser: fill has {len(self.fill)} values but the images x have "
+                             f"{x.shape[1]} channels")
         return x
 
     @torch.no_grad()
@@ -135,9 +156,6 @@ class PatchCleanser(Defense):
                        b: Tensor) -> Tensor:
         """Logits of ``x[img]`` with masks ``a`` ∪ ``b`` filled (all index tensors of length L)."""
         masks = self.masks.to(device=x.device, dtype=x.dtype)
-        if len(self.fill) not in (1, x.shape[1]):
-            raise ValueError(f"PatchCleanser: fill has {len(self.fill)} values but the images have "
-                             f"{x.shape[1]} channels")
         fill = torch.tensor(self.fill, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         out = []
         for s in range(0, img.numel(), self.batch_size):
@@ -149,7 +167,7 @@ class PatchCleanser(Defense):
     @torch.no_grad()
     def classify(self, model: nn.Module, x: Tensor) -> Tensor:
         """Double-masking scores ``N×num_classes`` (Algorithm 1); argmax = the robust label."""
-        x = self._check(x)
+        x = self._check(model, x)
         n, k, dev = x.shape[0], self.num_masks, x.device
         img = torch.arange(n, device=dev).repeat_interleave(k)
         mi = torch.arange(k, device=dev).repeat(n)
@@ -177,7 +195,7 @@ class PatchCleanser(Defense):
     def certify(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         """Bool ``N``: True where every two-mask prediction (all pairs, Algorithm 2) equals ``y``,
         i.e. double masking provably outputs ``y`` whatever patch of ``patch_size`` is placed."""
-        x = self._check(x)
+        x = self._check(model, x)
         n, k, dev = x.shape[0], self.num_masks, x.device
         y = check_labels(y, n, getattr(model, "num_classes", None)).to(dev)
         a, b = torch.triu_indices(k, k, device=dev)                # unordered pairs, i ≤ j

@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._validation import check_fraction, check_images
-from .base import Defense, binarize, bpda, register
+from .._validation import (check_bool, check_choice, check_device, check_fraction, check_images,
+                           check_int, check_path, check_positive, check_positive_int)
+from .base import Defense, _binarize, bpda, check_fill_values, register
 
 FORMAT = "patchbench.patchzero/1"
 _MODES = ("bpda-sigmoid", "bpda-straight-through", "exact", "bpda-identity")
@@ -55,10 +56,42 @@ def detector_kind(detector: nn.Module) -> str:
 
 
 def dilate(mask: Tensor, radius: int) -> Tensor:
-    """Morphological dilation of ``N×1×H×W`` masks by a ``(2r+1)²`` square (differentiable max-pool)."""
+    """Morphological dilation of ``N×1×H×W`` masks by a ``(2r+1)²`` square (differentiable max-pool).
+
+    Inner-loop helper: inputs are not validated. A radius beyond the image side gives the same
+    result as the image side, so it is capped there."""
     if radius <= 0:
         return mask
+    radius = min(int(radius), max(mask.shape[-2:]))
     return F.max_pool2d(mask, 2 * radius + 1, stride=1, padding=radius)
+
+
+def _check_plain(value, name: str, depth: int = 0) -> None:
+    """Refuse values ``torch.load(weights_only=True)`` could not read back (or cycles)."""
+    if depth > 20:
+        raise ValueError(f"{name}: nested too deeply (or refers to itself)")
+    if value is None or isinstance(value, (bool, int, float, str, bytes, Tensor)):
+        return
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_plain(v, f"{name}[{i}]", depth + 1)
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, (str, int)):
+                raise TypeError(f"{name}: keys must be strings or ints, got {type(k).__name__}")
+            _check_plain(v, f"{name}[{k!r}]", depth + 1)
+        return
+    raise TypeError(f"{name}: cannot be saved in a weights-only checkpoint: {type(value).__name__} "
+                    f"(use numbers, strings, lists, dicts or tensors)")
+
+
+def _check_input_size(size, name: str = "input_size"):
+    if size is None:
+        return None
+    if isinstance(size, (str, bytes)) or not hasattr(size, "__len__") or len(size) != 2:
+        raise TypeError(f"{name}: expected (H, W) in pixels or None, got {size!r}")
+    return tuple(check_positive_int(v, name) for v in size)
 
 
 @register("patchzero")
@@ -101,24 +134,18 @@ class PatchZero(Defense):
             raise TypeError("PatchZero(detector=...) got a path: use PatchZero.load(path) instead")
         if not isinstance(detector, nn.Module):
             raise TypeError(f"PatchZero: detector must be an nn.Module, got {type(detector).__name__}")
-        if gradient not in _MODES:
-            raise ValueError(f"PatchZero: gradient must be one of {_MODES}, got {gradient!r}")
-        if isinstance(dilation, bool) or not isinstance(dilation, int) or dilation < 0:
-            raise ValueError(f"PatchZero: dilation must be an integer >= 0, got {dilation!r}")
+        self.gradient = check_choice(gradient, "gradient", _MODES)
+        self.dilation = check_int(dilation, "dilation", minimum=0)
         self.detector = detector
         self.threshold = check_fraction(threshold, "threshold", 0.0, 1.0)
-        self.dilation = dilation
-        self.gradient = gradient
-        self.temperature = check_fraction(temperature, "temperature", 0.0, float("inf"))
-        self.channels = int(getattr(detector, "channels", 0)) or None
+        self.temperature = check_positive(temperature, "temperature")
+        channels = getattr(detector, "channels", None)
+        self.channels = (None if channels in (None, 0)
+                         else check_positive_int(channels, "detector.channels"))
         size = input_size if input_size is not None else getattr(detector, "input_size", None)
-        self.input_size = tuple(int(s) for s in size) if size is not None else None
-        fill_t = torch.as_tensor(fill, dtype=torch.float32).flatten()
-        if self.channels is not None and fill_t.numel() not in (1, self.channels):
-            raise ValueError(f"PatchZero: fill needs 1 or {self.channels} values, got {fill_t.numel()}")
-        if fill_t.numel() == 0 or float(fill_t.min()) < 0 or float(fill_t.max()) > 1:
-            raise ValueError(f"PatchZero: fill values must lie in [0, 1], got {fill!r}")
-        self.register_buffer("fill", fill_t.view(1, -1, 1, 1))
+        self.input_size = _check_input_size(size, "input_size")
+        fill = check_fill_values(fill, "fill", self.channels)
+        self.register_buffer("fill", torch.tensor(fill, dtype=torch.float32).view(1, -1, 1, 1))
 
     def _check(self, x: Tensor) -> None:
         if self.channels is not None and x.shape[1] != self.channels:
@@ -131,21 +158,37 @@ class PatchZero(Defense):
 
     def soft_mask(self, x: Tensor) -> Tensor:
         """Per-pixel patch probability ``p = σ(d(x))``, ``N×1×H×W`` (differentiable)."""
+        return self._soft_mask(check_images(x, "PatchZero.soft_mask input x"))
+
+    def _soft_mask(self, x: Tensor) -> Tensor:
         self._check(x)
-        return torch.sigmoid(self.detector(x))
+        param = next(self.detector.parameters(), None)
+        z = x
+        if param is not None:
+            if param.device != x.device:
+                raise ValueError(f"PatchZero: the images x are on {x.device} but the detector is on "
+                                 f"{param.device}; move one of them (defense.to(device))")
+            if param.dtype != x.dtype:      # float64 / float16 images: run the detector in its dtype
+                z = x.to(param.dtype)
+        logits = self.detector(z)
+        if not isinstance(logits, Tensor) or tuple(logits.shape) != (x.shape[0], 1, *x.shape[-2:]):
+            got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+            raise ValueError(f"PatchZero: the detector must return patch logits N×1×H×W = "
+                             f"{(x.shape[0], 1, *x.shape[-2:])}, got {got}")
+        return torch.sigmoid(logits).to(x.dtype)
 
     def _mask(self, x: Tensor, dilated: bool = True) -> Tensor:
-        p = self.soft_mask(x)
+        p = self._soft_mask(x)
         mode = "exact" if self.gradient == "bpda-identity" else self.gradient
-        m = binarize(p, self.threshold, mode, self.temperature)
+        m = _binarize(p, self.threshold, mode, self.temperature)
         return dilate(m, self.dilation) if dilated else m
 
     @torch.no_grad()
     def predict_mask(self, x: Tensor, dilated: bool = True) -> Tensor:
         """The binary patch mask ``N×1×H×W`` (float, exactly 0/1) PatchZero repaints; with
         ``dilated=False`` the detector's own thresholded output (what §4.4 Table 5 scores)."""
-        x = check_images(x, "PatchZero.predict_mask input")
-        return self._mask(x, dilated)
+        x = check_images(x, "PatchZero.predict_mask input x")
+        return self._mask(x, check_bool(dilated, "dilated"))
 
     def purify(self, x: Tensor) -> Tensor:
         m = self._mask(x)
@@ -159,7 +202,13 @@ class PatchZero(Defense):
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, path, **meta) -> str:
-        """Write detector weights + defense settings to ``path`` (atomically); returns the path."""
+        """Write detector weights + defense settings to ``path`` (atomically); returns the path.
+
+        ``meta`` values must be plain data (numbers, strings, None, lists/tuples/dicts of them,
+        tensors): :meth:`load` reads with ``weights_only=True`` and would refuse anything else."""
+        path = check_path(path, "path", kind="file", must_exist=False)
+        for k, v in meta.items():
+            _check_plain(v, f"meta[{k!r}]")
         kind = detector_kind(self.detector)
         ckpt = dict(format=FORMAT, kind=kind, config=dict(self.detector.config),
                     state_dict={k: v.detach().cpu() for k, v in self.detector.state_dict().items()},
@@ -181,25 +230,92 @@ class PatchZero(Defense):
         ``input_size`` / ``channels``, when given, must match what the detector was trained for
         (``ValueError`` otherwise). ``overrides`` replace saved settings (``dilation``, ``gradient``,
         ``threshold``, ``fill``, ``temperature``). The returned defense is in eval mode.
+
+        Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming the file for one
+        that is not a PatchZero checkpoint (unreadable, wrong format, missing entries, weights of
+        another architecture or shape, NaN/Inf weights).
         """
-        if str(path) in _ASSETS:
-            path = Path(__file__).resolve().parent.parent / "assets" / _ASSETS[str(path)]
+        if isinstance(path, str) and path in _ASSETS:
+            path = Path(__file__).resolve().parent.parent / "assets" / _ASSETS[path]
+        if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path: expected a checkpoint path or an asset name "
+                            f"({', '.join(_ASSETS)}), got {path!r}")
         if not Path(path).is_file():
+            if Path(path).is_dir():
+                raise ValueError(f"path: {str(path)!r} is a directory, not a PatchZero checkpoint")
             raise FileNotFoundError(f"PatchZero checkpoint {path} not found (asset names: "
                                     f"{', '.join(_ASSETS)})")
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-            raise ValueError(f"{path}: not a PatchZero checkpoint (expected format {FORMAT!r})")
-        saved = tuple(ckpt["input_size"]) if ckpt["input_size"] else None
-        if input_size is not None and saved is not None and tuple(input_size) != saved:
+        device = check_device(device, "device")
+        input_size = _check_input_size(input_size, "input_size")
+        if channels is not None:
+            channels = check_positive_int(channels, "channels")
+        unknown = sorted(set(overrides) - set(_OVERRIDES))
+        if unknown:
+            raise TypeError(f"PatchZero.load: unknown setting(s) {unknown}; overrides can be "
+                            f"{', '.join(_OVERRIDES)}")
+        ckpt = _read_checkpoint(Path(path))
+        saved = ckpt["input_size"]
+        if input_size is not None and saved is not None and input_size != saved:
             raise ValueError(f"{path}: detector trained for {saved[0]}×{saved[1]} images, but "
-                             f"{tuple(input_size)[0]}×{tuple(input_size)[1]} was requested")
+                             f"{input_size[0]}×{input_size[1]} was requested")
         if channels is not None and ckpt["channels"] is not None and channels != ckpt["channels"]:
             raise ValueError(f"{path}: detector trained for {ckpt['channels']}-channel images, but "
                              f"{channels} channels were requested")
-        detector = build_detector(ckpt["kind"], ckpt["config"])
-        detector.load_state_dict(ckpt["state_dict"])
+        detector = _build_loaded_detector(Path(path), ckpt)
         kw = dict(threshold=ckpt["threshold"], dilation=ckpt["dilation"], fill=ckpt["fill"],
                   input_size=saved)
+        try:
+            cls(detector, **kw)          # the file's own settings
+        except (TypeError, ValueError, LookupError) as e:
+            raise ValueError(f"{path}: invalid saved PatchZero setting: {e}") from e
         kw.update(overrides)
         return cls(detector, **kw).to(device).eval()
+
+
+_OVERRIDES = ("threshold", "dilation", "fill", "gradient", "temperature")
+_REQUIRED = ("kind", "config", "state_dict", "threshold", "dilation", "fill", "channels",
+             "input_size")
+
+
+def _read_checkpoint(path: Path) -> dict:
+    """The checkpoint dict at ``path``, its structure checked; ``ValueError`` naming the file.
+
+    Shipped assets are checked against ``assets/SHA256SUMS`` first; every file is loaded with
+    ``weights_only=True`` (:func:`patchbench.models.weights.load_file`)."""
+    from ..models.weights import check_finite, load_file, verify_asset
+    verify_asset(path)
+    try:
+        ckpt = load_file(path, "path")
+    except ValueError as e:
+        raise ValueError(f"{path}: not a PatchZero checkpoint ({e})") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a PatchZero checkpoint (expected format {FORMAT!r})")
+    missing = [k for k in _REQUIRED if k not in ckpt]
+    if missing:
+        raise ValueError(f"{path}: PatchZero checkpoint is missing the entries {missing}")
+    sd = ckpt["state_dict"]
+    if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
+        raise ValueError(f"{path}: 'state_dict' must map parameter names to tensors")
+    if not isinstance(ckpt["config"], dict):
+        raise ValueError(f"{path}: 'config' must be a dict, got {type(ckpt['config']).__name__}")
+    check_finite(sd, path)
+    try:
+        ckpt = dict(ckpt, input_size=_check_input_size(ckpt["input_size"], "input_size"))
+        if ckpt["channels"] is not None:
+            ckpt["channels"] = check_positive_int(ckpt["channels"], "channels")
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: invalid saved PatchZero setting: {e}") from e
+    return ckpt
+
+
+def _build_loaded_detector(path: Path, ckpt: dict) -> nn.Module:
+    """Rebuild the detector of ``ckpt`` and load its weights; ``ValueError`` naming the file and
+    the mismatching keys when the weights are for another architecture or shape."""
+    from ..models.weights import load_state_dict_checked
+    try:
+        detector = build_detector(ckpt["kind"], ckpt["config"])
+    except (TypeError, ValueError, LookupError, RuntimeError) as e:
+        raise ValueError(f"{path}: cannot rebuild the PatchZero detector (kind {ckpt['kind']!r}, "
+                         f"config {ckpt['config']!r}): {e}") from e
+    return load_state_dict_checked(detector, ckpt["state_dict"], path,
+                                   f"a {ckpt['kind']} detector with config {ckpt['config']!r}")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
@@ -27,7 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._validation import check_images, check_labels, make_generator
+from .._validation import (check_choice, check_device, check_images, check_int, check_labels,
+                           check_number, check_path, check_positive, check_positive_int,
+                           make_generator)
 from ..patches import PlacementParams, paste, shape_mask
 from ..patches.physical import EOTParams
 
@@ -56,20 +58,36 @@ class DefensivePlacement:
     position: Tuple[float, float] = (0.5, 0.0)
 
     def __post_init__(self):
-        if self.kind not in KINDS:
-            raise LookupError(f"defensive placement kind: expected one of {', '.join(KINDS)}, got "
-                              f"{self.kind!r}")
+        check_choice(self.kind, "DefensivePlacement.kind", KINDS)
         for name in ("width", "size"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"DefensivePlacement.{name}: expected an int >= 1, got {v!r}")
-        if isinstance(self.margin, bool) or not isinstance(self.margin, int) or self.margin < 0:
-            raise ValueError(f"DefensivePlacement.margin: expected an int >= 0, got {self.margin!r}")
-        pos = tuple(float(p) for p in self.position)
-        if len(pos) != 2 or not all(0.0 <= p <= 1.0 for p in pos):
-            raise ValueError(f"DefensivePlacement.position: expected (x, y) fractions in [0, 1], got "
-                             f"{self.position!r}")
+            object.__setattr__(self, name, check_positive_int(getattr(self, name),
+                                                              f"DefensivePlacement.{name}"))
+        object.__setattr__(self, "margin", check_int(self.margin, "DefensivePlacement.margin", 0))
+        pos = self.position
+        if isinstance(pos, (str, bytes)) or not isinstance(pos, (tuple, list)) or len(pos) != 2:
+            raise TypeError(f"DefensivePlacement.position: expected (x, y) fractions in [0, 1], got "
+                            f"{pos!r}")
+        pos = tuple(check_number(p, f"DefensivePlacement.position[{i}]", 0.0, 1.0)
+                    for i, p in enumerate(pos))
         object.__setattr__(self, "position", pos)
+
+    @classmethod
+    def from_dict(cls, d, name: str = "placement") -> "DefensivePlacement":
+        """Build from a dict of fields (a config's ``placement`` table), naming unknown keys."""
+        if isinstance(d, cls):
+            return d
+        if not isinstance(d, dict):
+            raise TypeError(f"{name}: expected a table of DefensivePlacement fields (kind, width, "
+                            f"margin, size, position), got {d!r}")
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(d) - set(known))
+        if unknown:
+            raise ValueError(f"{name}: unknown keys {unknown}; known keys: {', '.join(known)}")
+        try:
+            return cls(**d)
+        except (TypeError, ValueError, LookupError) as e:   # name the field path: placement.width
+            kind = next(k for k in (TypeError, LookupError, ValueError) if isinstance(e, k))
+            raise kind(str(e).replace("DefensivePlacement.", f"{name}.")) from None
 
     def mask(self, hw, device=None) -> Tensor:
         """``H×W`` float mask, exactly 0/1, of the patch pixels on ``hw = (H, W)`` images.
@@ -78,7 +96,9 @@ class DefensivePlacement:
             ValueError: the placement does not fit, or covers more than ``MAX_COVER`` of the image
                 (no room left for the object).
         """
-        H, W = (int(v) for v in hw)
+        if isinstance(hw, (str, bytes)) or not isinstance(hw, (tuple, list)) or len(hw) != 2:
+            raise TypeError(f"hw: expected an (H, W) pair of image sizes, got {hw!r}")
+        H, W = (check_positive_int(v, "hw") for v in hw)
         m = torch.zeros(H, W)
         if self.kind in ("border", "ring"):
             off = 0 if self.kind == "border" else self.margin
@@ -134,19 +154,30 @@ class DefensivePatch:
         if not isinstance(mask, Tensor) or tuple(mask.shape) != tuple(patches.shape[-2:]):
             got = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
             raise ValueError(f"DefensivePatch: mask must be H×W = {tuple(patches.shape[-2:])}, got {got}")
+        if not bool(torch.isfinite(patches.detach()).all()):
+            raise ValueError("DefensivePatch: patches contain NaN or Inf values")
+        if isinstance(classes, (str, bytes)) or not isinstance(classes, Sequence) or not classes:
+            raise TypeError(f"DefensivePatch: classes must be a non-empty list of class names, got "
+                            f"{classes!r}")
         self.patches = patches.detach().clamp(0, 1)
         self.mask = (mask.detach() > 0.5).float().to(patches.device)
         self.classes = [str(c) for c in classes]
-        ids = list(range(patches.shape[0])) if class_ids is None else [int(i) for i in class_ids]
+        if class_ids is not None and (isinstance(class_ids, (str, bytes)) or
+                                      not isinstance(class_ids, (Sequence, range, Tensor))):
+            raise TypeError(f"DefensivePatch: class_ids must be a list of class indices, got "
+                            f"{class_ids!r}")
+        ids = list(range(patches.shape[0])) if class_ids is None else \
+            [check_int(i, "DefensivePatch: class_ids") for i in class_ids]
         if len(ids) != patches.shape[0] or len(set(ids)) != len(ids) or \
                 any(not 0 <= i < len(self.classes) for i in ids):
             raise ValueError(f"DefensivePatch: class_ids must be {patches.shape[0]} distinct indices "
                              f"in 0..{len(self.classes) - 1}, got {ids[:12]}")
         self.class_ids = ids
-        if isinstance(placement, dict):
-            placement = DefensivePlacement(**{**placement, "position": tuple(placement.get(
-                "position", (0.5, 0.0)))})
+        if placement is not None:
+            placement = DefensivePlacement.from_dict(placement, "DefensivePatch: placement")
         self.placement = placement
+        if meta is not None and not isinstance(meta, dict):
+            raise TypeError(f"DefensivePatch: meta must be a dict, got {type(meta).__name__}")
         self.meta = dict(meta or {})
 
     @property
@@ -207,18 +238,21 @@ class DefensivePatch:
     @classmethod
     def load(cls, path, device="cpu") -> "DefensivePatch":
         """Read a patch written by :meth:`save` (``FileNotFoundError`` / ``ValueError`` if unusable)."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"defensive patch file {path} does not exist")
+        path = check_path(path, "DefensivePatch.load: path")
+        check_device(device, "DefensivePatch.load: device")
         try:
             obj = torch.load(path, map_location=device, weights_only=True)
             meta = json.loads(obj["meta"])
             patches, mask = obj["patches"], obj["mask"]
+            classes, class_ids, placement = meta["classes"], meta["class_ids"], meta["placement"]
+            extra = {k: v for k, v in meta.items()
+                     if k not in ("classes", "class_ids", "placement", "image_hw", "channels")}
         except Exception as e:  # noqa: BLE001 - many ways for a file to be wrong
             raise ValueError(f"{path}: not a defensive patch file ({type(e).__name__}: {e})") from e
-        extra = {k: v for k, v in meta.items()
-                 if k not in ("classes", "class_ids", "placement", "image_hw", "channels")}
-        return cls(patches, mask, meta["classes"], meta["class_ids"], meta["placement"], extra)
+        try:
+            return cls(patches, mask, classes, class_ids, placement, extra)
+        except (TypeError, ValueError, LookupError) as e:
+            raise ValueError(f"{path}: not a usable defensive patch file ({e})") from e
 
 
 def patch_sheet(patch: DefensivePatch, scale: int = 0):
@@ -253,6 +287,12 @@ def apply_defensive_patch(x: Tensor, y, patch: DefensivePatch,
     Example::
         >>> x_p = apply_defensive_patch(x, y, DefensivePatch.load("fmnist_border.pt"))
     """
+    if not isinstance(patch, DefensivePatch):
+        raise TypeError(f"apply_defensive_patch: patch must be a DefensivePatch, got "
+                        f"{type(patch).__name__}")
+    if photometric is not None and not isinstance(photometric, EOTParams):
+        raise TypeError(f"apply_defensive_patch: photometric must be EOTParams (EOT.sample(n)) or "
+                        f"None, got {type(photometric).__name__}")
     if check:
         x = check_images(x, "apply_defensive_patch: x")
         y = check_labels(y, x.shape[0], len(patch.classes), name="apply_defensive_patch: y")
@@ -274,7 +314,20 @@ def physical_jitter(x: Tensor, generator=None, rotation: float = 8.0, scale=(0.9
                     shift: float = 0.04) -> Tensor:
     """A camera's view of the patched object: each image rotated by U(−rotation, rotation) degrees,
     scaled by U(scale), shifted by U(−shift, shift)·size (EOT, Athalye et al. 2018, Eq. 1, applied to
-    the whole patched image; bilinear, zero fill). Differentiable wrt ``x``; ``N×C×H×W`` → same."""
+    the whole patched image; bilinear, zero fill). Differentiable wrt ``x``; ``N×C×H×W`` → same.
+
+    The scalar arguments are checked; ``x`` only for its type and shape (no value scan: training
+    loops call this once per batch)."""
+    if not isinstance(x, Tensor) or x.dim() != 4 or not x.is_floating_point():
+        got = f"shape {tuple(x.shape)}, dtype {x.dtype}" if isinstance(x, Tensor) else type(x).__name__
+        raise TypeError(f"physical_jitter: x must be float images N×C×H×W, got {got}")
+    rotation = check_number(rotation, "physical_jitter: rotation", 0.0, 180.0)
+    if isinstance(scale, (str, bytes)) or not isinstance(scale, (tuple, list)) or len(scale) != 2:
+        raise TypeError(f"physical_jitter: scale must be a (low, high) pair, got {scale!r}")
+    lo, hi = (check_positive(v, "physical_jitter: scale") for v in scale)
+    if lo > hi:
+        raise ValueError(f"physical_jitter: scale must be (low, high) with low <= high, got {scale!r}")
+    shift = check_number(shift, "physical_jitter: shift", 0.0, 1.0)
     g = make_generator(generator)
     n = x.shape[0]
 
@@ -282,7 +335,7 @@ def physical_jitter(x: Tensor, generator=None, rotation: float = 8.0, scale=(0.9
         return (lo + (hi - lo) * torch.rand(n, *shape, generator=g, device=g.device)).to(x.device)
 
     a = u(-rotation, rotation) * math.pi / 180
-    s = u(float(scale[0]), float(scale[1]))
+    s = u(lo, hi)
     t = u(-shift, shift, 2) * 2                       # affine_grid's coordinates span [−1, 1]
     cos, sin = torch.cos(a) / s, torch.sin(a) / s
     theta = torch.stack([torch.stack([cos, -sin, t[:, 0]], 1), torch.stack([sin, cos, t[:, 1]], 1)], 1)
@@ -314,9 +367,8 @@ def blank_patch_like(patch: DefensivePatch, value: float = 0.0) -> DefensivePatc
     """
     if not isinstance(patch, DefensivePatch):
         raise TypeError(f"blank_patch_like: expected a DefensivePatch, got {type(patch).__name__}")
-    if not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"blank_patch_like: value must be in [0, 1], got {value!r}")
-    return _control(patch, torch.full_like(patch.patches, float(value)), "blank")
+    value = check_number(value, "blank_patch_like: value", 0.0, 1.0)
+    return _control(patch, torch.full_like(patch.patches, value), "blank")
 
 
 def _control(patch: DefensivePatch, fill: Tensor, kind: str) -> DefensivePatch:

@@ -30,9 +30,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .._validation import check_images, check_labels
+from .._config import name_list
+from .._validation import (check_bool, check_images, check_int, check_labels, check_number,
+                           check_positive_int, check_seed)
 from ..attacks.masked_pgd import MaskedPGD
-from ..corruptions import CORRUPTIONS, corrupt, family
+from ..corruptions import CORRUPTIONS, MAX_SEVERITY, corrupt, family
 from ..metrics.classification import Rate, predict_labels
 from .apply import DefensivePatch, apply_defensive_patch, blank_patch_like, random_patch_like
 
@@ -50,6 +52,9 @@ def _row(model_name, held_out, patch, noise, severity, pred, y) -> dict:
 def patched_variants(x: Tensor, y: Tensor, patch: DefensivePatch, seed: int = 0) -> Dict[str, Tensor]:
     """``{"none": x, "defensive": x with its class patch, "random": x with the random control,
     "blank": x with the mask blacked out}``."""
+    if not isinstance(patch, DefensivePatch):
+        raise TypeError(f"patch: expected a DefensivePatch, got {type(patch).__name__}")
+    seed = check_seed(seed, "seed")
     control = random_patch_like(patch, generator=seed + 1)
     return {"none": x, "defensive": apply_defensive_patch(x, y, patch),
             "random": apply_defensive_patch(x, y, control),
@@ -60,6 +65,11 @@ def adversarial_images(model, x: Tensor, y: Tensor, attack: str, eps: float, ste
                        seed: int = 0) -> Tensor:
     """FGSM (one step of size ε, no random start) or PGD-L∞ (``steps`` steps of ε/4 from a random
     start) over the *whole* image — patch included — against ``model`` (white-box)."""
+    if attack not in ("fgsm", "pgd"):
+        raise LookupError(f"attack: expected 'fgsm' or 'pgd', got {attack!r}")
+    x = check_images(x, "x")
+    eps = check_number(eps, "eps", 0.0, 1.0, low_inclusive=False)
+    steps, seed = check_positive_int(steps, "steps"), check_seed(seed, "seed")
     full = torch.ones(1, 1, *x.shape[-2:], device=x.device)
     if attack == "fgsm":
         atk = MaskedPGD(eps=eps, step=eps, steps=1, random_start=False)
@@ -94,10 +104,30 @@ def evaluate_defensive_patch(models: Dict[str, object], x: Tensor, y, patch: Def
     Returns:
         A list of row dicts (see the module doc).
     """
+    if not isinstance(patch, DefensivePatch):
+        raise TypeError(f"patch: expected a DefensivePatch, got {type(patch).__name__}")
+    if not isinstance(models, dict) or not models or not all(
+            isinstance(k, str) and callable(m) for k, m in models.items()):
+        raise TypeError(f"models: expected a non-empty dict name → classifier, got {models!r}")
     x = check_images(x, "evaluate_defensive_patch: x")
     y = check_labels(y, x.shape[0], len(patch.classes), name="evaluate_defensive_patch: y").to(x.device)
+    if tuple(x.shape[1:]) != (patch.channels, *patch.image_hw):
+        raise ValueError(f"evaluate_defensive_patch: x: the patch is for {patch.channels}×"
+                         f"{patch.image_hw[0]}×{patch.image_hw[1]} images, got {tuple(x.shape[1:])}")
     for m in models.values():
         patch.check_model(m)
+    corruptions = name_list(corruptions, "corruptions", CORRUPTIONS, allow_empty=True)
+    severities = _numbers(severities, "severities",
+                          lambda v: check_int(v, "severities", 1, MAX_SEVERITY))
+    epsilons = _numbers(epsilons, "epsilons",
+                        lambda v: check_number(v, "epsilons", 0.0, 1.0, low_inclusive=False))
+    pgd_steps, batch_size = check_positive_int(pgd_steps, "pgd_steps"), check_positive_int(batch_size,
+                                                                                        "batch_size")
+    if n_adv is not None:
+        n_adv = check_positive_int(n_adv, "n_adv")
+    seed, progress = check_seed(seed, "seed"), check_bool(progress, "progress")
+    if isinstance(held_out, str):
+        held_out = (held_out,)
     held = set(held_out)
     unknown = held - set(models)
     if unknown:
@@ -132,6 +162,12 @@ def evaluate_defensive_patch(models: Dict[str, object], x: Tensor, y, patch: Def
                     bar.update(1)
     bar.close()
     return rows
+
+
+def _numbers(values, name: str, check) -> tuple:
+    if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple, range)):
+        raise TypeError(f"{name}: expected a list of numbers, got {values!r}")
+    return tuple(check(v) for v in values)
 
 
 def _mean(vals: List[float]) -> float:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .._validation import check_positive_int, make_generator
+from .._validation import check_bool, check_int, check_positive, check_positive_int, make_generator
 from ..patches import EOT, apply_photometric
 
 
@@ -71,9 +71,23 @@ def train_class_prior(models, mask: Tensor, class_ids: Sequence[int], channels: 
     epochs, steps = check_positive_int(epochs, "epochs"), check_positive_int(steps_per_epoch,
                                                                              "steps_per_epoch")
     batch_size = check_positive_int(batch_size, "batch_size")
-    ids = torch.as_tensor(list(class_ids), dtype=torch.long)
-    if ids.dim() != 1 or ids.numel() == 0:
+    lr, channels = check_positive(lr, "lr"), check_positive_int(channels, "channels")
+    progress = check_bool(progress, "progress")
+    if not isinstance(mask, Tensor) or mask.dim() != 2 or not bool(torch.isfinite(mask).all()):
+        got = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
+        raise ValueError(f"mask: expected a finite H×W 0/1 tensor, got {got}")
+    if eot is not None and not isinstance(eot, EOT):
+        raise TypeError(f"eot: expected an EOT or None, got {type(eot).__name__}")
+    if isinstance(class_ids, (str, bytes)) or not hasattr(class_ids, "__iter__"):
+        raise TypeError(f"class_ids: expected a list of class indices, got {class_ids!r}")
+    ids = [check_int(i, "class_ids", minimum=0) for i in class_ids]
+    if not ids:
         raise ValueError(f"class_ids: expected a non-empty list of class indices, got {class_ids!r}")
+    num_classes = min((int(getattr(m, "num_classes", 0)) or 10 ** 9) for m in models)
+    if max(ids) >= num_classes:
+        raise ValueError(f"class_ids: class index {max(ids)} out of range for models with "
+                         f"{num_classes} classes")
+    ids = torch.tensor(ids, dtype=torch.long)
     dev = mask.device
     g = make_generator(generator)
     H, W = mask.shape

@@ -29,11 +29,9 @@ Example::
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
@@ -42,12 +40,27 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .._config import config_from_mapping, name_list, read_toml
+from .._validation import (check_bool, check_choice, check_device, check_images, check_int,
+                           check_labels, check_nonnegative, check_number, check_path, check_positive,
+                           check_positive_int, check_seed, trusted_inputs)
 from ..attacks._common import frozen
 from ..patches import EOT
 from .apply import DefensivePatch, DefensivePlacement, apply_defensive_patch, physical_jitter
 from .prior import train_class_prior
 
 MILESTONES = (3, 8, 15, 25, 40, 60, 90, 140)
+DATASETS = ("fashion-mnist", "imagenet-samples")
+
+
+def _sequence(value, name: str, length: Optional[int] = None) -> tuple:
+    """``value`` as a tuple (a list or tuple; of ``length`` items when given)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        want = f"a list of {length} numbers" if length else "a list"
+        raise TypeError(f"{name}: expected {want}, got {value!r}")
+    if length is not None and len(value) != length:
+        raise ValueError(f"{name}: expected {length} values, got {len(value)}: {list(value)!r}")
+    return tuple(value)
 
 
 @dataclass
@@ -109,43 +122,52 @@ class DefensivePatchConfig:
     device: str = "cpu"
 
     def __post_init__(self):
-        if isinstance(self.placement, DefensivePlacement):
-            self.placement = asdict(self.placement)
-        for name in ("models", "milestones", "corruptions", "eot_scale", "noise_probs"):
-            setattr(self, name, tuple(getattr(self, name)))
-        if (len(self.noise_probs) != 3 or any(not float(p) >= 0 for p in self.noise_probs)
-                or not sum(self.noise_probs) > 0):
-            raise ValueError(f"DefensivePatchConfig.noise_probs: expected three non-negative chances "
-                             f"(none, corruption, PGD) with a positive sum, got {self.noise_probs!r}")
-        if not self.models:
-            raise ValueError("DefensivePatchConfig.models: expected at least one model name")
-        if self.dataset not in ("fashion-mnist", "imagenet-samples"):
-            raise ValueError(f"DefensivePatchConfig.dataset: expected 'fashion-mnist' or "
-                             f"'imagenet-samples', got {self.dataset!r}")
-        if not float(self.shared_ce) >= 0:
-            raise ValueError(f"DefensivePatchConfig.shared_ce: expected a weight >= 0, "
-                             f"got {self.shared_ce!r}")
+        c = "DefensivePatchConfig."
+        from ..corruptions import CORRUPTIONS
+        self.dataset = check_choice(self.dataset, c + "dataset", DATASETS)
+        self.models = name_list(self.models, c + "models")
+        placement = DefensivePlacement.from_dict(self.placement, c + "placement")  # validates
+        # the dict is kept as given: it is part of the recorded config that cached patches match
+        self.placement = asdict(placement) if isinstance(self.placement, DefensivePlacement) \
+            else dict(self.placement)
         for name in ("epochs", "batch_size", "prior_epochs", "prior_steps", "prior_batch", "repeat",
-                     "pgd_steps", "noise_chunks"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"DefensivePatchConfig.{name}: expected an int >= 1, got {v!r}")
+                     "pgd_steps", "noise_chunks", "image_size"):
+            setattr(self, name, check_positive_int(getattr(self, name), c + name))
+        for name in ("lr", "prior_lr", "gamma"):
+            setattr(self, name, check_positive(getattr(self, name), c + name))
+        for name in ("lam", "shared_ce"):
+            setattr(self, name, check_nonnegative(getattr(self, name), c + name))
+        self.milestones = tuple(check_int(m, c + "milestones", 0)
+                                for m in _sequence(self.milestones, c + "milestones"))
+        self.eot, self.noise_aware = check_bool(self.eot, c + "eot"), check_bool(self.noise_aware,
+                                                                                c + "noise_aware")
+        self.eot_rotation = check_number(self.eot_rotation, c + "eot_rotation", 0.0, 180.0)
+        scale = _sequence(self.eot_scale, c + "eot_scale", 2)
+        self.eot_scale = tuple(check_positive(v, c + "eot_scale") for v in scale)
+        if self.eot_scale[0] > self.eot_scale[1]:
+            raise ValueError(f"{c}eot_scale: expected (low, high) with low <= high, got {scale!r}")
+        self.eot_shift = check_number(self.eot_shift, c + "eot_shift", 0.0, 1.0)
+        self.corruptions = name_list(self.corruptions, c + "corruptions", CORRUPTIONS, allow_empty=True)
+        self.pgd_eps = check_number(self.pgd_eps, c + "pgd_eps", 0.0, 1.0)
+        probs = _sequence(self.noise_probs, c + "noise_probs", 3)
+        self.noise_probs = tuple(check_nonnegative(p, c + "noise_probs") for p in probs)
+        if not sum(self.noise_probs) > 0:
+            raise ValueError(f"{c}noise_probs: expected three non-negative chances (none, corruption, "
+                             f"PGD) with a positive sum, got {probs!r}")
+        if self.train_limit is not None:
+            self.train_limit = check_positive_int(self.train_limit, c + "train_limit")
+        self.seed = check_seed(self.seed, c + "seed")
+        check_device(self.device, c + "device")
 
     @classmethod
     def from_toml(cls, path) -> "DefensivePatchConfig":
-        """Read a config file whose top-level keys are these fields (``[placement]`` a table)."""
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{path}: unknown keys {unknown}; expected some of {sorted(known)}")
-        return cls(**data)
+        """Read a config file whose top-level keys are these fields (``[placement]`` a table).
+        Errors name the file and the line (syntax) or the field (values); unknown keys are listed."""
+        return config_from_mapping(cls, read_toml(path, "config"), str(path),
+                                   label="defensive-patch config")
 
     def placement_obj(self) -> DefensivePlacement:
-        p = dict(self.placement)
-        if "position" in p:
-            p["position"] = tuple(p["position"])
-        return DefensivePlacement(**p)
+        return DefensivePlacement.from_dict(dict(self.placement))
 
     def eot_obj(self) -> Optional[EOT]:
         """Photometric EOT of the patch pixels (geometry is jittered on the whole image instead)."""
@@ -159,15 +181,34 @@ def load_training_data(config: DefensivePatchConfig) -> Tuple[Tensor, Tensor]:
     """The ``(x, y)`` the config names (Fashion-MNIST train split or the offline ImageNet photos)."""
     if config.dataset == "fashion-mnist":
         from ..data.fashion_mnist import load_fashion_mnist
-        return load_fashion_mnist("train", limit=config.train_limit)
+        try:
+            return load_fashion_mnist("train", limit=config.train_limit)
+        except ValueError as e:
+            if "limit" not in str(e):
+                raise
+            raise ValueError(f"DefensivePatchConfig.train_limit: {e}") from None
     from ..data import samples
     return samples("imagenet", size=config.image_size)
 
 
 def load_models(names: Sequence[str], device="cpu") -> list:
-    """Registered models by name, in eval mode."""
+    """Registered models by name, in eval mode (every name is checked before any is loaded)."""
     from ..models import zoo
+    names = name_list(names, "models")
+    device = check_device(device, "device")
+    for n in names:
+        try:
+            zoo.get_spec(n)
+        except LookupError as e:
+            raise LookupError(f"models: {e}") from e
     return [zoo.load(n, device=device) for n in names]
+
+
+def _check_data(data, num_classes: int) -> Tuple[Tensor, Tensor]:
+    if not (isinstance(data, (tuple, list)) and len(data) == 2):
+        raise TypeError(f"data: expected a pair (x, y), got {type(data).__name__}")
+    x = check_images(data[0], "data: x")
+    return x, check_labels(data[1], x.shape[0], num_classes, "data: y")
 
 
 def gram_mse(z_s: Tensor, z_k: Tensor, mask: Tensor) -> Tensor:
@@ -328,15 +369,31 @@ def train_defensive_patch(config: DefensivePatchConfig, out_dir, resume: bool = 
     """
     if not isinstance(config, DefensivePatchConfig):
         raise TypeError(f"config: expected a DefensivePatchConfig, got {type(config).__name__}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt = out / "defensive_patch.ckpt"
-    dev = torch.device(config.device)
-    models = models if models is not None else load_models(config.models, dev)
+    config = replace(config)                   # re-validates fields changed after construction
+    out = check_path(out_dir, "out_dir", kind="dir", must_exist=False)
+    resume, progress = check_bool(resume, "resume"), check_bool(progress, "progress")
+    dev = check_device(config.device, "DefensivePatchConfig.device")
+    if models is not None:
+        if not isinstance(models, (list, tuple)) or not models or \
+                not all(callable(m) and hasattr(m, "class_names") for m in models):
+            raise TypeError("models: expected a non-empty list of classifiers with class_names, got "
+                            f"{models!r}")
+    else:
+        models = load_models(config.models, dev)
     names = list(models[0].class_names)
     if any(list(m.class_names) != names for m in models):
         raise ValueError("train_defensive_patch: the ensemble's models must share their class names")
-    x, y = data if data is not None else load_training_data(config)
+    x, y = _check_data(data, len(names)) if data is not None else load_training_data(config)
+    for m in models:
+        ch = getattr(m, "channels", None)
+        if ch is not None and ch != x.shape[1]:
+            raise ValueError(f"models: {getattr(m, 'name', '?')!r} takes {ch}-channel images, the "
+                             f"training data has {x.shape[1]} channels")
+    if int(y.max()) >= len(names):
+        raise ValueError(f"labels: class index {int(y.max())} out of range for models with "
+                         f"{len(names)} classes")
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = out / "defensive_patch.ckpt"
     torch.manual_seed(config.seed)
     g = torch.Generator().manual_seed(config.seed)
     ids = sorted(set(y.tolist()))
@@ -357,7 +414,7 @@ def train_defensive_patch(config: DefensivePatchConfig, out_dir, resume: bool = 
             raise ValueError(f"{ckpt}: made with config {state['config']}, this run asks for "
                              f"{config_dict(config)}; pass resume=False or another out_dir")
         start, history = state["epoch"], list(state["extra"].get("history", []))
-    with frozen_all(models):
+    with frozen_all(models), trusted_inputs():    # x was checked once; every iterate stays in [0, 1]
         if start == 0:
             prior = train_class_prior(models, mask, ids, x.shape[1], epochs=config.prior_epochs,
                                       steps_per_epoch=config.prior_steps, batch_size=config.prior_batch,
@@ -416,17 +473,19 @@ class frozen_all:
 
 def main_train_defensive_patch(argv: Optional[Sequence[str]] = None) -> int:
     """Command line: ``patchbench train defensive-patch --config FILE.toml [--out DIR]``."""
-    p = argparse.ArgumentParser(prog="patchbench train defensive-patch",
-                                description="Train a defensive patch (Wang et al. CVPR 2022), resumable.")
-    p.add_argument("--config", required=True, help="TOML file with DefensivePatchConfig fields")
-    p.add_argument("--out", default="runs/defensive-patch", help="output folder")
+    from ..cli import ArgumentParser, config_file_arg, out_dir_arg, threads_arg
+    p = ArgumentParser(prog="patchbench train defensive-patch",
+                       description="Train a defensive patch (Wang et al. CVPR 2022), resumable.")
+    p.add_argument("--config", required=True, type=config_file_arg,
+                   help="TOML file with DefensivePatchConfig fields")
+    p.add_argument("--out", default="runs/defensive-patch", type=out_dir_arg, help="output folder")
     p.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    p.add_argument("--threads", type=threads_arg, default=None, help="torch.set_num_threads (CPU)")
     a = p.parse_args(argv)
+    cfg = DefensivePatchConfig.from_toml(a.config)
     if a.threads:
         torch.set_num_threads(a.threads)
-    cfg = DefensivePatchConfig.from_toml(a.config)
     patch = train_defensive_patch(cfg, a.out, resume=not a.no_resume, progress=not a.no_progress)
     print(f"defensive patch for {len(patch.class_ids)} classes -> {Path(a.out) / 'defensive_patch.pt'}")
     return 0

@@ -28,7 +28,8 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
-from .._validation import check_images, check_labels, check_positive_int
+from .._validation import (check_images, check_int, check_labels, check_positive,
+                           check_positive_int, check_tensor_device)
 
 
 @dataclass(frozen=True)
@@ -75,15 +76,10 @@ def wilson_interval(k: int, n: int, z: float = 1.96) -> Tuple[float, float]:
         ``(lo, hi)`` within [0, 1]; ``(0.0, 1.0)`` when ``n == 0`` (no information).
         E.g. ``wilson_interval(5, 10)`` ≈ ``(0.237, 0.763)``.
     """
-    for v, nm in ((k, "k"), (n, "n")):
-        if isinstance(v, bool) or not isinstance(v, int) and not (
-                isinstance(v, float) and v.is_integer()):
-            raise TypeError(f"wilson_interval: {nm} must be a whole number, got {v!r}")
-    k, n = int(k), int(n)
+    k, n = check_int(k, "wilson_interval: k"), check_int(n, "wilson_interval: n")
     if n < 0 or not 0 <= k <= n:
         raise ValueError(f"wilson_interval: expected 0 <= k <= n, got k={k}, n={n}")
-    if not isinstance(z, (int, float)) or isinstance(z, bool) or not z > 0 or math.isinf(z):
-        raise ValueError(f"wilson_interval: z must be a positive finite number, got {z!r}")
+    z = check_positive(z, "wilson_interval: z")
     if n == 0:
         return 0.0, 1.0
     p, z2 = k / n, z * z
@@ -98,12 +94,29 @@ def wilson_interval(k: int, n: int, z: float = 1.96) -> Tuple[float, float]:
 def _as_predictions(pred, name: str) -> Tensor:
     """Class predictions from a 1-D label tensor or ``N×K`` logits/probabilities (argmax)."""
     if not isinstance(pred, Tensor):
-        pred = torch.as_tensor(pred)
+        if isinstance(pred, (str, bytes)) or pred is None:
+            raise TypeError(f"{name}: expected N class indices or N×K logits, got {pred!r}")
+        try:
+            pred = torch.as_tensor(pred)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise TypeError(f"{name}: expected N class indices or N×K logits, got "
+                            f"{type(pred).__name__}") from e
+    check_tensor_device(pred, name)
+    if pred.dtype == torch.bool or pred.is_complex():
+        raise TypeError(f"{name}: expected N class indices or N×K logits, got dtype {pred.dtype}")
     if pred.dim() == 2:
+        if pred.shape[1] == 0:
+            raise ValueError(f"{name}: N×K logits need K >= 1 classes, got shape {tuple(pred.shape)}")
+        if pred.is_floating_point() and pred.numel() and not bool(torch.isnan(pred).logical_not().all()):
+            raise ValueError(f"{name}: the logits contain NaN")
         return pred.argmax(-1)
+    if pred.dim() == 1 and pred.is_floating_point() and pred.numel() == 0:
+        return pred.long()   # an empty list or tensor: no predictions
     if pred.dim() != 1 or pred.is_floating_point():
         raise ValueError(f"{name}: expected N class indices or N×K logits, got dtype {pred.dtype} "
                          f"shape {tuple(pred.shape)}")
+    if pred.numel() and int(pred.min()) < 0:
+        raise ValueError(f"{name}: class indices must be >= 0, got {int(pred.min())}")
     return pred.long()
 
 
@@ -115,7 +128,7 @@ def accuracy(pred, y) -> Rate:
         y: ``N`` integer labels.
     """
     p = _as_predictions(pred, "pred")
-    y = check_labels(y, p.shape[0])
+    y = check_labels(y, p.shape[0], name="y")
     return Rate.of(int((p == y.to(p.device)).sum()), int(p.shape[0]))
 
 
@@ -125,7 +138,13 @@ def predict_labels(model, x: Tensor, batch_size: int = 64) -> Tensor:
     Runs in eval mode without gradients, ``batch_size`` images at a time; batches move to the model's
     device when it has parameters, and the model's training flag is restored afterwards.
     """
+    _check_model(model)
     return _predict(model, check_images(x, "x"), check_positive_int(batch_size, "batch_size"))
+
+
+def _check_model(model) -> None:
+    if not callable(model):
+        raise TypeError(f"model: expected a callable classifier (nn.Module), got {type(model).__name__}")
 
 
 @torch.no_grad()
@@ -148,16 +167,20 @@ def _predict(model, x: Tensor, batch_size: int) -> Tensor:
 def clean_accuracy(model, x: Tensor, y, batch_size: int = 64) -> Rate:
     """Accuracy of ``model`` on clean images ``x`` (``N×C×H×W`` in [0, 1]) with labels ``y`` (``N``)
     — the "benign accuracy" row of a robustness table."""
-    pred = predict_labels(model, x, batch_size)
-    return accuracy(pred, check_labels(y, x.shape[0], getattr(model, "num_classes", None)))
+    _check_model(model)
+    x = check_images(x, "x")
+    y = check_labels(y, x.shape[0], getattr(model, "num_classes", None), name="y")
+    return accuracy(predict_labels(model, x, batch_size), y)
 
 
 def robust_accuracy(model, x_adv: Tensor, y, batch_size: int = 64) -> Rate:
     """Accuracy of ``model`` on attacked images ``x_adv`` over *all* N samples (an image the model
     already got wrong counts as wrong) — the "robust accuracy" row of a robustness table; compare it
     with :func:`clean_accuracy` on the same samples."""
-    pred = predict_labels(model, x_adv, batch_size)
-    return accuracy(pred, check_labels(y, x_adv.shape[0], getattr(model, "num_classes", None)))
+    _check_model(model)
+    x_adv = check_images(x_adv, "x_adv")
+    y = check_labels(y, x_adv.shape[0], getattr(model, "num_classes", None), name="y")
+    return accuracy(predict_labels(model, x_adv, batch_size), y)
 
 
 def success_rate(clean_pred, adv_pred, y, target=None) -> Rate:
@@ -165,21 +188,26 @@ def success_rate(clean_pred, adv_pred, y, target=None) -> Rate:
 
     Args:
         clean_pred, adv_pred: ``N`` class indices (or ``N×K`` logits) before / after the attack.
-        y: ``N`` true labels. target: ``None`` (untargeted) or ``N`` target labels.
+        y: ``N`` true labels. target: ``None`` (untargeted), one class for all (an int) or ``N``
+            target labels.
 
-    Only samples with ``clean_pred == y`` count (and, when targeted, ``y != target``):
-    untargeted success = ``adv_pred != y``; targeted success = ``adv_pred == target``.
+    Only samples with ``clean_pred == y`` count (and, when targeted, ``y != target``: such samples
+    are left out, never counted as successes): untargeted success = ``adv_pred != y``; targeted
+    success = ``adv_pred == target``. This is ``AttackResult.rate`` of the attacks (which refuse
+    ``target == y`` outright).
     """
     cp, ap = _as_predictions(clean_pred, "clean_pred"), _as_predictions(adv_pred, "adv_pred")
     if cp.shape != ap.shape:
         raise ValueError(f"clean_pred and adv_pred: expected the same number of samples, got "
                          f"{cp.shape[0]} and {ap.shape[0]}")
-    y = check_labels(y, cp.shape[0]).to(cp.device)
+    y = check_labels(y, cp.shape[0], name="y").to(cp.device)
     ap = ap.to(cp.device)
     eligible = cp == y
     if target is None:
         hit = ap != y
     else:
+        if isinstance(target, int) and not isinstance(target, bool):
+            target = torch.full((cp.shape[0],), target, dtype=torch.long)
         t = check_labels(target, cp.shape[0], name="target").to(cp.device)
         eligible &= y != t
         hit = ap == t
@@ -201,6 +229,7 @@ def attack_success_rate(model, x: Tensor, x_adv: Tensor, y, target=None,
         y: ``N`` true labels. target: ``None`` (default, untargeted) or ``N`` target labels.
         batch_size: images per forward pass (default 64).
     """
+    _check_model(model)
     x, x_adv = check_images(x, "x"), check_images(x_adv, "x_adv")
     if x.shape != x_adv.shape:
         raise ValueError(f"x and x_adv: expected the same shape, got {tuple(x.shape)} and "
@@ -208,6 +237,8 @@ def attack_success_rate(model, x: Tensor, x_adv: Tensor, y, target=None,
     num_classes = getattr(model, "num_classes", None)
     y = check_labels(y, x.shape[0], num_classes)
     if target is not None:
+        if isinstance(target, int) and not isinstance(target, bool):
+            target = torch.full((x.shape[0],), target, dtype=torch.long)
         target = check_labels(target, x.shape[0], num_classes, name="target")
     batch_size = check_positive_int(batch_size, "batch_size")
     return success_rate(_predict(model, x, batch_size), _predict(model, x_adv, batch_size), y, target)

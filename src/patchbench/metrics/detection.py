@@ -28,47 +28,135 @@ Example::
 """
 from __future__ import annotations
 
+import numbers
 from typing import List, Tuple
 
 import torch
 from torch import Tensor
 
+from .._validation import check_choice, check_number, check_tensor_device
 from ..models.nms import box_iou
+
+#: F_β with β above this equals precision to float64 precision; larger β would overflow β².
+MAX_BETA = 1e6
+
+
+def _as_float_tensor(v, name: str, what: str, dtype: torch.dtype = torch.float32) -> Tensor:
+    """``v`` (tensor, array, list of numbers) as a ``dtype`` CPU tensor; ``TypeError`` otherwise."""
+    if isinstance(v, Tensor):
+        check_tensor_device(v, name)
+        if v.dtype == torch.bool or v.is_complex():
+            raise TypeError(f"{name}: expected {what} of real numbers, got dtype {v.dtype}")
+        return v.detach().to("cpu", dtype)
+    if v is None or isinstance(v, (str, bytes, dict, bool)) or \
+            (not isinstance(v, numbers.Real) and not hasattr(v, "__len__")):
+        raise TypeError(f"{name}: expected {what} (a tensor or a list of numbers), got "
+                        f"{type(v).__name__}")
+    try:
+        t = torch.as_tensor(v)
+        if t.dtype == torch.bool or t.is_complex():
+            raise TypeError(f"{name}: expected {what} of real numbers, got dtype {t.dtype}")
+        return torch.as_tensor(v, dtype=dtype)     # straight to dtype: no float32 rounding first
+    except (ValueError, RuntimeError, OverflowError) as e:
+        raise TypeError(f"{name}: expected {what} (a tensor or a list of numbers), got "
+                        f"{type(v).__name__}: {str(v)[:80]}") from e
+    except TypeError as e:
+        if str(e).startswith(name):
+            raise
+        raise TypeError(f"{name}: expected {what} (a tensor or a list of numbers), got "
+                        f"{type(v).__name__}: {str(v)[:80]}") from e
 
 
 def _as_boxes(b, name: str) -> Tensor:
-    b = torch.as_tensor(b, dtype=torch.float32)
-    if b.numel() == 0:
-        return b.reshape(0, 4).cpu()
+    b = _as_float_tensor(b, name, "a K×4 tensor of x1, y1, x2, y2 boxes")
+    if b.numel() == 0 and b.dim() <= 2:
+        return b.reshape(0, 4)
     if b.dim() != 2 or b.shape[1] != 4:
         raise ValueError(f"{name}: expected a K×4 tensor of x1, y1, x2, y2 boxes, "
                          f"got shape {tuple(b.shape)}")
-    return b.detach().cpu()
+    if not bool(torch.isfinite(b).all()):
+        raise ValueError(f"{name}: box coordinates must be finite, got NaN or Inf")
+    bad = (b[:, 2] < b[:, 0]) | (b[:, 3] < b[:, 1])
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        raise ValueError(f"{name}: box {i} {b[i].tolist()} has a negative width or height "
+                         f"(boxes are x1, y1, x2, y2 with x2 >= x1 and y2 >= y1)")
+    return b
 
 
-def _as_dets(dets, n_images: int) -> List[Tuple[Tensor, Tensor]]:
+def _as_scores(s, name: str) -> Tensor:
+    s = _as_float_tensor(s, name, "a tensor of K detection scores").reshape(-1)
+    if s.numel() and (not bool(torch.isfinite(s).all()) or float(s.min()) < 0 or float(s.max()) > 1):
+        raise ValueError(f"{name}: detection scores must be probabilities in [0, 1] (finite), got "
+                         f"min {float(s.min()):.4g} max {float(s.max()):.4g}")
+    return s
+
+
+def _entries(seq, name: str, what: str) -> list:
+    """``seq`` as a list of per-image entries: a list or tuple (or a 3-D tensor: one row each)."""
+    if isinstance(seq, Tensor) and seq.dim() == 3:
+        return list(seq)
+    if not isinstance(seq, (list, tuple)):
+        raise TypeError(f"{name}: expected a list with {what} per image, got {type(seq).__name__}")
+    return list(seq)
+
+
+def _as_dets(dets, n_images: int, ref: str = "gts") -> List[Tuple[Tensor, Tensor]]:
+    dets = _entries(dets, "dets", "one (boxes, scores) entry")
     if len(dets) != n_images:
-        raise ValueError(f"dets: expected one entry per image ({n_images}), got {len(dets)}")
+        raise ValueError(f"dets: expected one entry per image ({n_images}, as in {ref}), got "
+                         f"{len(dets)}")
     out = []
     for i, d in enumerate(dets):
-        boxes, scores = (d["boxes"], d["scores"]) if isinstance(d, dict) else (d[0], d[1])
+        if isinstance(d, dict):
+            missing = [k for k in ("boxes", "scores") if k not in d]
+            if missing:
+                raise ValueError(f"dets[{i}]: the dict has no {' or '.join(map(repr, missing))} "
+                                 f"key (expected {{'boxes': K×4, 'scores': K}}, got keys "
+                                 f"{sorted(map(str, d))})")
+            boxes, scores = d["boxes"], d["scores"]
+        elif isinstance(d, (tuple, list)):
+            if len(d) < 2:
+                raise ValueError(f"dets[{i}]: expected (boxes, scores, ...), got {len(d)} element(s)")
+            boxes, scores = d[0], d[1]
+        else:
+            raise TypeError(f"dets[{i}]: expected a Detections/(boxes, scores) tuple or a dict with "
+                            f"'boxes' and 'scores', got {type(d).__name__}")
         boxes = _as_boxes(boxes, f"dets[{i}].boxes")
-        scores = torch.as_tensor(scores, dtype=torch.float32).detach().cpu().reshape(-1)
+        scores = _as_scores(scores, f"dets[{i}].scores")
         if len(scores) != len(boxes):
             raise ValueError(f"dets[{i}]: {len(boxes)} boxes but {len(scores)} scores")
         out.append((boxes, scores))
     return out
 
 
-def _as_gts(gts) -> List[Tensor]:
+def _as_gts(gts, name: str = "gts") -> List[Tensor]:
     if isinstance(gts, Tensor) and gts.dim() == 2:
-        raise TypeError("gts: expected a list with one K×4 tensor per image, got a single 2-D tensor")
-    return [_as_boxes(g, f"gts[{i}]") for i, g in enumerate(gts)]
+        raise TypeError(f"{name}: expected a list with one K×4 tensor per image, got a single 2-D "
+                        f"tensor")
+    return [_as_boxes(g, f"{name}[{i}]") for i, g in enumerate(_entries(gts, name, "one K×4 tensor"))]
+
+
+def _check_iou(iou_threshold) -> float:
+    return check_number(iou_threshold, "iou_threshold", 0.0, 1.0, low_inclusive=False)
+
+
+def _check_delta(delta) -> float:
+    return check_number(delta, "delta", 0.0, 1.0)
 
 
 def match_detections(boxes: Tensor, scores: Tensor, gt: Tensor, iou_threshold: float = 0.5) -> Tensor:
     """Greedy matching of one image's detections to its ground truth; returns a bool "is true positive"
     per detection (in the input order). See the module docstring for the rule."""
+    boxes, gt = _as_boxes(boxes, "boxes"), _as_boxes(gt, "gt")
+    scores = _as_scores(scores, "scores")
+    if len(scores) != len(boxes):
+        raise ValueError(f"scores: {len(boxes)} boxes but {len(scores)} scores")
+    return _match(boxes, scores, gt, _check_iou(iou_threshold))
+
+
+def _match(boxes: Tensor, scores: Tensor, gt: Tensor, iou_threshold: float) -> Tensor:
+    """:func:`match_detections` on validated inputs."""
     tp = torch.zeros(len(boxes), dtype=torch.bool)
     if len(boxes) == 0 or len(gt) == 0:
         return tp
@@ -84,10 +172,11 @@ def match_detections(boxes: Tensor, scores: Tensor, gt: Tensor, iou_threshold: f
 
 def _matched(dets, gts, iou_threshold: float) -> Tuple[Tensor, Tensor, int]:
     """All detections' scores, their true-positive flags, and the number of ground-truth boxes."""
+    iou_threshold = _check_iou(iou_threshold)
     gts = _as_gts(gts)
     dets = _as_dets(dets, len(gts))
     scores = [s for _, s in dets]
-    tps = [match_detections(b, s, g, iou_threshold) for (b, s), g in zip(dets, gts)]
+    tps = [_match(b, s, g, iou_threshold) for (b, s), g in zip(dets, gts)]
     cat = lambda xs, dt: torch.cat(xs) if xs else torch.zeros(0, dtype=dt)  # noqa: E731
     return cat(scores, torch.float32), cat(tps, torch.bool), sum(len(g) for g in gts)
 
@@ -113,8 +202,9 @@ def precision_recall(dets, gts, delta: float = 0.99, iou_threshold: float = 0.5)
     Example::
         >>> p, r = precision_recall(model.detect(x), boxes, delta=0.99)
     """
+    delta = _check_delta(delta)
     scores, tp, num_gt = _matched(dets, gts, iou_threshold)
-    p, r = _pr_at(scores, tp, num_gt, torch.tensor([float(delta)]))
+    p, r = _pr_at(scores, tp, num_gt, torch.tensor([delta]))
     return float(p[0]), float(r[0])
 
 
@@ -127,10 +217,16 @@ def _fbeta(precision: Tensor, recall: Tensor, beta: float) -> Tensor:
 
 
 def _thresholds(thresholds) -> Tensor:
-    t = torch.linspace(0, 1, 101, dtype=torch.float64) if thresholds is None else \
-        torch.as_tensor(thresholds, dtype=torch.float64).flatten()
+    if thresholds is None:
+        return torch.linspace(0, 1, 101, dtype=torch.float64)
+    t = _as_float_tensor(thresholds, "thresholds", "score thresholds", torch.float64).flatten()
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError("thresholds: expected finite score thresholds, got NaN or Inf")
     if len(t) < 2 or not bool((t[1:] > t[:-1]).all()):
         raise ValueError("thresholds: expected at least two strictly increasing score thresholds")
+    if float(t[0]) < 0 or float(t[-1]) > 1:
+        raise ValueError(f"thresholds: score thresholds must lie in [0, 1], got {float(t[0]):.4g} "
+                         f"to {float(t[-1]):.4g}")
     return t
 
 
@@ -147,8 +243,7 @@ def threshold_fbeta_curve(dets, gts, beta: float, thresholds=None,
     Example::
         >>> t, f = threshold_fbeta_curve(dets, boxes, beta=0.1)
     """
-    if not float(beta) > 0:
-        raise ValueError(f"beta: expected a positive number, got {beta!r}")
+    beta = check_number(beta, "beta", 0.0, MAX_BETA, low_inclusive=False)
     t = _thresholds(thresholds)
     scores, tp, num_gt = _matched(dets, gts, iou_threshold)
     p, r = _pr_at(scores.double(), tp, num_gt, t)
@@ -203,13 +298,14 @@ def count_patch_detections(dets, patch_boxes, delta: float = 0.99, criterion: st
     Example::
         >>> count_patch_detections(model.detect(x_adv), patch_boxes).sum()
     """
-    if criterion not in ("iou", "center"):
-        raise ValueError(f"criterion: expected 'iou' or 'center', got {criterion!r}")
+    criterion = check_choice(criterion, "criterion", ("iou", "center"))
+    delta = _check_delta(delta)
+    iou_threshold = _check_iou(iou_threshold)
     if isinstance(patch_boxes, Tensor) and patch_boxes.dim() == 2:
         patch_boxes = [pb[None] for pb in patch_boxes]
-    patches = _as_gts(patch_boxes)
+    patches = _as_gts(patch_boxes, "patch_boxes")
     counts = []
-    for (boxes, scores), pb in zip(_as_dets(dets, len(patches)), patches):
+    for (boxes, scores), pb in zip(_as_dets(dets, len(patches), "patch_boxes"), patches):
         boxes = boxes[scores >= delta]
         if len(boxes) == 0 or len(pb) == 0:
             counts.append(0)

@@ -10,27 +10,45 @@ attack images", micro-averaged over all pixels, and the false-positive rate on b
 """
 from __future__ import annotations
 
+import math
 from typing import Dict
 
 import torch
 from torch import Tensor
 
+from .._validation import check_number, check_tensor_device
+
 
 def _as_binary(m, name: str) -> Tensor:
     if not isinstance(m, Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor mask N×1×H×W, got {type(m).__name__}")
+    check_tensor_device(m, name)
     if m.dim() == 3:
         m = m.unsqueeze(1)
     if m.dim() != 4 or m.shape[1] != 1:
         raise ValueError(f"{name}: expected a mask N×1×H×W (or N×H×W), got shape {tuple(m.shape)}")
     if m.dtype == torch.bool:
         return m
+    if m.is_complex():
+        raise TypeError(f"{name}: expected a bool, integer or float mask, got dtype {m.dtype}")
     if m.is_floating_point():
+        if m.numel() and not bool(torch.isfinite(m).all()):
+            raise ValueError(f"{name}: mask contains NaN or Inf values")
         if m.numel() and (float(m.min()) < 0 or float(m.max()) > 1):
             raise ValueError(f"{name}: mask values must lie in [0, 1], got min {float(m.min()):.4g} "
                              f"max {float(m.max()):.4g}")
         return m > 0.5
+    if m.numel() and int(m.min()) < 0:
+        raise ValueError(f"{name}: integer mask values must be >= 0 (non-zero = patch), got "
+                         f"{int(m.min())}")
     return m != 0
+
+
+def _check_zero_division(value) -> float:
+    """A number in [0, 1], or NaN (as scikit-learn's ``zero_division=np.nan``)."""
+    if isinstance(value, float) and math.isnan(value):
+        return value
+    return check_number(value, "zero_division", 0.0, 1.0)
 
 
 def _ratio(num: int, den: int, zero_division: float) -> float:
@@ -41,8 +59,8 @@ class PixelConfusion:
     """Running pixel confusion counts (micro average over pixels) for predicted vs true patch masks.
 
     Args:
-        zero_division (float): value of precision / recall / F1 when their denominator is 0
-            (e.g. nothing predicted). Default: 0.0 (as scikit-learn).
+        zero_division (float in [0, 1], or NaN): value of precision / recall / F1 when their
+            denominator is 0 (e.g. nothing predicted). Default: 0.0 (as scikit-learn).
 
     Example::
 
@@ -51,15 +69,15 @@ class PixelConfusion:
     """
 
     def __init__(self, zero_division: float = 0.0):
-        self.zero_division = float(zero_division)
+        self.zero_division = _check_zero_division(zero_division)
         self.tp = self.fp = self.fn = self.tn = 0
 
     def update(self, pred: Tensor, target: Tensor) -> "PixelConfusion":
         """Add a batch: ``pred`` and ``target`` masks ``N×1×H×W`` (bool, or float thresholded at 0.5)."""
         p, t = _as_binary(pred, "pred"), _as_binary(target, "target")
         if p.shape != t.shape:
-            raise ValueError(f"pred and target masks must have the same shape, got {tuple(p.shape)} "
-                             f"and {tuple(t.shape)}")
+            raise ValueError(f"pred and target masks must have the same shape, got pred "
+                             f"{tuple(p.shape)} and target {tuple(t.shape)}")
         t = t.to(p.device)
         self.tp += int((p & t).sum())
         self.fp += int((p & ~t).sum())

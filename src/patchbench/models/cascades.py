@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._validation import check_fraction, check_images, check_positive_int
+from .._validation import check_fraction, check_images, check_path, check_positive_int
 
 
 class BoxDetections(NamedTuple):
@@ -83,9 +83,17 @@ class HaarFaceDetector:
         if not hasattr(cv2, "CascadeClassifier"):
             raise ImportError(f"HaarFaceDetector: OpenCV {cv2.__version__} has no CascadeClassifier "
                               f"(removed in 5.0): pip install 'opencv-python-headless<5'")
+        if cascade is not None:
+            cascade = str(check_path(cascade, "cascade", kind="file"))
         path = cascade or (cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
-        self._clf = cv2.CascadeClassifier(path)
+        try:
+            self._clf = cv2.CascadeClassifier(path)
+        except Exception as e:  # noqa: BLE001 - OpenCV raises cv2.error / SystemError on a bad xml
+            raise ValueError(f"cascade: could not load {path} as an OpenCV cascade xml "
+                             f"({type(e).__name__})") from e
         if self._clf.empty():
+            if cascade is not None:
+                raise ValueError(f"cascade: could not load {path} as an OpenCV cascade xml")
             raise LookupError(f"HaarFaceDetector: could not load the cascade {path}")
         self.scale_factor = check_fraction(scale_factor, "scale_factor", 1.0, 10.0)
         self.min_neighbors = check_positive_int(min_neighbors, "min_neighbors", minimum=0)
@@ -152,6 +160,8 @@ class LBPFaceDetector:
 
 def load_cascade(name: str, **kwargs):
     """``"haar"`` → :class:`HaarFaceDetector`, ``"lbp"`` → :class:`LBPFaceDetector` (kwargs passed on)."""
+    if not isinstance(name, str):
+        raise TypeError(f"name: expected 'haar' or 'lbp', got {name!r}")
     key = name.lower()
     if key == "haar":
         return HaarFaceDetector(**kwargs)

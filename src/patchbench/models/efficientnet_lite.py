@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._validation import check_number, check_positive, check_positive_int
+
 # Table 1 of the paper (B0 body): (repeats, kernel, stride, expand ratio, in, out).
 BASE_BLOCKS = (
     (1, 3, 1, 1, 32, 16),
@@ -132,6 +134,10 @@ class EfficientNetLite(nn.Module):
     def __init__(self, width: float = 1.0, depth: float = 1.0, num_classes: int = 1000,
                  dropout: float = 0.2, in_channels: int = 3):
         super().__init__()
+        width, depth = check_positive(width, "width"), check_positive(depth, "depth")
+        num_classes = check_positive_int(num_classes, "num_classes")
+        in_channels = check_positive_int(in_channels, "in_channels")
+        dropout = check_number(dropout, "dropout", 0.0, 1.0, high_inclusive=False)
         self._conv_stem = SameConv2d(in_channels, 32, 3, 2, bias=False)
         self._bn0 = _bn(32)
         self._blocks = nn.ModuleList(MBConvLite(ci, co, k, s, e)
@@ -144,7 +150,7 @@ class EfficientNetLite(nn.Module):
     @classmethod
     def from_variant(cls, variant: str, num_classes: int = 1000) -> "EfficientNetLite":
         """Build ``"efficientnet_lite0"``, ``"efficientnet_lite1"`` or ``"efficientnet_lite2"``."""
-        if variant not in VARIANTS:
+        if not isinstance(variant, str) or variant not in VARIANTS:
             raise LookupError(f"unknown EfficientNet-Lite variant {variant!r}; "
                               f"available: {', '.join(VARIANTS)}")
         w, d, _, p = VARIANTS[variant]

@@ -21,6 +21,8 @@ from typing import List, Sequence
 import torch
 from torch import Tensor, nn
 
+from .._validation import check_number, check_positive, check_positive_int
+
 # Table 2 of the paper: (t, c, n, s).
 INVERTED_RESIDUAL_SETTING = (
     (1, 16, 1, 1),
@@ -92,6 +94,10 @@ class MobileNetV2(nn.Module):
     def __init__(self, num_classes: int = 1000, width_mult: float = 1.0, in_channels: int = 3,
                  dropout: float = 0.2, setting: Sequence[Sequence[int]] = INVERTED_RESIDUAL_SETTING):
         super().__init__()
+        num_classes = check_positive_int(num_classes, "num_classes")
+        in_channels = check_positive_int(in_channels, "in_channels")
+        width_mult = check_positive(width_mult, "width_mult")
+        dropout = check_number(dropout, "dropout", 0.0, 1.0, high_inclusive=False)
         cin = _make_divisible(32 * width_mult)
         self.last_channel = _make_divisible(1280 * max(1.0, width_mult))
         features: List[nn.Module] = [ConvBNReLU(in_channels, cin, stride=2)]

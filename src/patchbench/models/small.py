@@ -21,7 +21,23 @@ Example::
 """
 from __future__ import annotations
 
+from typing import Sequence, Tuple
+
 from torch import Tensor, nn
+
+from .._validation import check_positive_int
+
+
+def check_arch_ints(**values) -> Tuple[int, ...]:
+    """Each keyword an integer >= 1, named in the error (``in_channels=0`` → ValueError)."""
+    return tuple(check_positive_int(v, k) for k, v in values.items())
+
+
+def check_widths(widths, n: int, name: str = "widths") -> Tuple[int, ...]:
+    """``n`` layer widths, each an integer >= 1."""
+    if isinstance(widths, (str, bytes)) or not isinstance(widths, Sequence) or len(widths) != n:
+        raise TypeError(f"{name}: expected {n} integers (channels per stage), got {widths!r}")
+    return tuple(check_positive_int(w, name) for w in widths)
 
 
 def _conv_bn_relu(cin: int, cout: int, kernel: int = 3) -> nn.Sequential:
@@ -42,7 +58,8 @@ class FmnistCNNSmall(nn.Module):
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10, widths=(16, 32, 64)):
         super().__init__()
-        a, b, c = widths
+        in_channels, num_classes = check_arch_ints(in_channels=in_channels, num_classes=num_classes)
+        a, b, c = check_widths(widths, 3)
         self.features = nn.Sequential(
             _conv_bn_relu(in_channels, a), nn.MaxPool2d(2),
             _conv_bn_relu(a, b), nn.MaxPool2d(2),
@@ -68,7 +85,9 @@ class FmnistCNNWide(nn.Module):
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10, widths=(32, 64), hidden: int = 128):
         super().__init__()
-        a, b = widths
+        in_channels, num_classes, hidden = check_arch_ints(in_channels=in_channels,
+                                                           num_classes=num_classes, hidden=hidden)
+        a, b = check_widths(widths, 2)
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, a, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
             nn.Conv2d(a, b, 3, padding=1), nn.ReLU(inplace=True), nn.AdaptiveMaxPool2d(7),
@@ -95,6 +114,8 @@ class TinyCNN(nn.Module):
 
     def __init__(self, in_channels: int = 3, num_classes: int = 10, width: int = 8):
         super().__init__()
+        in_channels, num_classes, width = check_arch_ints(in_channels=in_channels,
+                                                          num_classes=num_classes, width=width)
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
             nn.Conv2d(width, width, 3, padding=1), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1),

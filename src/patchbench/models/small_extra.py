@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..data.fashion_mnist import FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD
 from . import zoo
+from .small import check_arch_ints, check_widths
 
 
 class _BasicBlock(nn.Module):
@@ -57,7 +57,8 @@ class FmnistResNet(nn.Module):
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10, widths=(8, 16, 32)):
         super().__init__()
-        a, b, c = widths
+        in_channels, num_classes = check_arch_ints(in_channels=in_channels, num_classes=num_classes)
+        a, b, c = check_widths(widths, 3)
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, a, 3, padding=1, bias=False), nn.BatchNorm2d(a), nn.ReLU(inplace=True),
             _down(a, b), _BasicBlock(b), _down(b, c), _BasicBlock(c), nn.AdaptiveAvgPool2d(1))
@@ -67,8 +68,8 @@ class FmnistResNet(nn.Module):
         return self.classifier(self.features(x))
 
 
-def _fmnist_pre(**_):
-    return FASHION_MNIST_MEAN, FASHION_MNIST_STD, (28, 28), 1, FASHION_MNIST_CLASSES
+def _fmnist_pre(**opts):
+    return zoo.fmnist_preprocess(**opts)
 
 
 SPEC = zoo.register(zoo.ModelSpec(

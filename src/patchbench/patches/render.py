@@ -51,7 +51,8 @@ def _check_inputs(images, patch, shape_mask, params) -> Tensor:
     if tuple(p.shape[2:]) != tuple(params.patch_hw):
         raise ValueError(f"paste: the patch is {tuple(p.shape[2:])} but the placement was sampled "
                          f"for a {tuple(params.patch_hw)} patch")
-    if not isinstance(shape_mask, Tensor) or tuple(shape_mask.shape[-2:]) != tuple(params.patch_hw):
+    if not isinstance(shape_mask, Tensor) or tuple(shape_mask.shape[-2:]) != tuple(params.patch_hw) \
+            or shape_mask.numel() != params.patch_hw[0] * params.patch_hw[1]:
         got = tuple(shape_mask.shape) if isinstance(shape_mask, Tensor) else type(shape_mask).__name__
         raise ValueError(f"paste: shape_mask must be h×w = {tuple(params.patch_hw)}, got {got}")
     if params.n != n or tuple(params.image_hw) != (H, W):
@@ -109,7 +110,17 @@ def _warp_window(params: PlacementParams, sm: Tensor, patch, device):
 
 
 def render_mask(shape_mask: Tensor, params: PlacementParams, device=None) -> Tensor:
-    """The N×1×H×W mask (exactly 0/1) of where :func:`paste` puts the patch, without pasting."""
+    """The N×1×H×W mask (exactly 0/1) of where :func:`paste` puts the patch, without pasting.
+
+    Inner-loop helper: the argument types and shapes are checked, the mask's values are not."""
+    if not isinstance(params, PlacementParams):
+        raise TypeError(f"render_mask: params must be PlacementParams (from a placement's or Threat's "
+                        f"sample()), got {type(params).__name__}")
+    if not isinstance(shape_mask, Tensor) or tuple(shape_mask.shape[-2:]) != tuple(params.patch_hw) \
+            or shape_mask.dim() not in (2, 3, 4) or shape_mask.numel() != params.patch_hw[0] * \
+            params.patch_hw[1]:
+        got = tuple(shape_mask.shape) if isinstance(shape_mask, Tensor) else type(shape_mask).__name__
+        raise ValueError(f"render_mask: shape_mask must be h×w = {tuple(params.patch_hw)}, got {got}")
     device = device if device is not None else params.center.device
     params = params.to(device)
     sm = shape_mask.to(device=device, dtype=torch.float32)
@@ -124,6 +135,9 @@ def render_mask(shape_mask: Tensor, params: PlacementParams, device=None) -> Ten
 def paste(images: Tensor, patch: Tensor, shape_mask: Tensor,
           params: PlacementParams) -> Tuple[Tensor, Tensor]:
     """Paste ``patch`` into ``images`` where ``params`` say; returns ``(patched, mask)``.
+
+    Inner-loop helper (attacks paste every iteration): the arguments' types and shapes are checked,
+    their values are not (images and patch should lie in [0, 1]; the shape mask should be 0/1).
 
     Arguments:
         images: ``N×C×H×W`` float in [0, 1] (not range-checked here: this runs in inner loops).

@@ -20,7 +20,7 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .._validation import check_fraction
+from .._validation import check_fraction, check_int, check_positive, check_positive_int
 
 SHAPES = ("square", "rectangle", "circle", "ellipse", "diamond", "octagon", "ring", "border")
 
@@ -107,9 +107,7 @@ def shape_mask(shape: str, h: int, w: int, *, device=None,
         tensor(21.)
     """
     shape = check_shape(shape)
-    for name, v in (("h", h), ("w", w)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"shape_mask: {name} must be an integer >= 1, got {v!r}")
+    h, w = check_positive_int(h, "shape_mask: h"), check_positive_int(w, "shape_mask: w")
     rw = _check_ring_width(ring_width, shape)
     return _mask_cached(shape, h, w, rw).to(device if device is not None else "cpu", copy=True)
 
@@ -138,7 +136,8 @@ def _best_box(shape, target, aspect, image_hw, ring_width, h0, w0) -> Tuple[int,
             if best is None or key < best[0]:
                 best = (key, h, w, err)
     if best is None:
-        raise ValueError(f"a {shape} patch of {target:.0f} pixels does not fit a {H}×{W} image")
+        raise ValueError(f"a {shape} patch of {target:.3g} pixels (area × H × W) does not fit a "
+                         f"{H}×{W} image")
     return best[1], best[2], best[3]
 
 
@@ -153,12 +152,14 @@ def _fit_border(target: float, image_hw, ring_width) -> ShapeFit:
         h0 = math.sqrt(target / f / (W / H))
         h, w, _ = _best_box("border", target, W / H, image_hw, rw, h0, h0 * W / H)
         return ShapeFit(h, w, rw)
+    # An image 1 px high or wide is all edge: its only frame is the whole image (thickness 1).
+    t, full = 1, H * W - max(H - 2, 0) * max(W - 2, 0)
     for t in range(1, min(H, W) // 2 + 1):
         full = H * W - max(H - 2 * t, 0) * max(W - 2 * t, 0)
         if full >= target * (1 - AREA_TOLERANCE):
             break
     if abs(full - target) <= AREA_TOLERANCE * target:
-        return ShapeFit(H, W, 2 * t / min(H, W))
+        return ShapeFit(H, W, min(1.0, 2 * t / min(H, W)))
     # frame pixels of an h×w box with thickness t: 2t(h + w) - 4t²; keep h/w = H/W.
     s = (target + 4 * t * t) / (2 * t)
     h0 = s * H / (H + W)
@@ -170,7 +171,8 @@ def _fit_border(target: float, image_hw, ring_width) -> ShapeFit:
             if best is None or key < best[0]:
                 best = (key, h, w)
     if best is None:
-        raise ValueError(f"a border of {target:.0f} pixels does not fit a {H}×{W} image")
+        raise ValueError(f"a border of {target:.3g} pixels (area × H × W) does not fit a "
+                         f"{H}×{W} image")
     return ShapeFit(best[1], best[2], 2 * t / min(best[1], best[2]))
 
 
@@ -216,24 +218,23 @@ def fit_shape(shape: str, area: float, image_hw, aspect: float = 1.0,
     """
     shape = check_shape(shape)
     area = check_fraction(area, "area", 0.0, 1.0)
-    try:
-        H, W = (int(v) for v in image_hw)
-    except (TypeError, ValueError) as e:
-        raise TypeError(f"image_hw: expected (H, W), got {image_hw!r}") from e
-    if H < 1 or W < 1:
-        raise ValueError(f"image_hw: expected positive (H, W), got {image_hw!r}")
+    H, W = check_hw(image_hw, "image_hw")
     aspect, rw = check_shape_args(shape, aspect, ring_width)
     return _fit(shape, area, (H, W), aspect, rw)
 
 
+def check_hw(hw, name: str) -> Tuple[int, int]:
+    """``(height, width)``: two integers >= 1 (a ``torch.Size`` or pair; integral floats such as
+    ``32.0`` are accepted, ``2.5`` or ``"32"`` are not)."""
+    if isinstance(hw, (str, bytes)) or not hasattr(hw, "__len__") or len(hw) != 2:
+        raise TypeError(f"{name}: expected (height, width), got {hw!r}")
+    a, b = hw
+    return (check_int(a, f"{name} height", minimum=1), check_int(b, f"{name} width", minimum=1))
+
+
 def check_shape_args(shape: str, aspect, ring_width) -> Tuple[float, Optional[float]]:
     """Validate ``aspect`` (w/h > 0; exactly 1 for "square"/"circle") and ``ring_width`` (in (0, 1])."""
-    try:
-        a = float(aspect)
-    except (TypeError, ValueError) as e:
-        raise TypeError(f"aspect: expected a positive width/height ratio, got {aspect!r}") from e
-    if not a > 0 or math.isinf(a):
-        raise ValueError(f"aspect: expected a positive width/height ratio, got {aspect!r}")
+    a = check_positive(aspect, "aspect")
     if shape in _ISOTROPIC and abs(a - 1.0) > 1e-9:
         alt = "rectangle" if shape == "square" else "ellipse"
         raise ValueError(f"shape {shape!r} has aspect 1; got aspect={aspect} (use {alt!r})")

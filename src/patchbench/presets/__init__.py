@@ -16,9 +16,22 @@ PRESETS = {
 }
 
 
-def run_preset(name: str, out_dir: Optional[str] = None, argv: Optional[List[str]] = None) -> Path:
+def check_preset(name: str) -> str:
+    """The registry key of preset ``name`` (``LookupError`` listing the presets otherwise)."""
+    if not isinstance(name, str):
+        raise TypeError(f"preset: expected a preset name, got {name!r}")
     key = name.lower().replace("_", "-")
     if key not in PRESETS:
         raise LookupError(f"unknown preset {name!r}; available: {', '.join(sorted(PRESETS))}")
+    return key
+
+
+def run_preset(name: str, out_dir: Optional[str] = None, argv: Optional[List[str]] = None) -> Path:
+    key = check_preset(name)
+    if argv is not None and (isinstance(argv, str) or not all(isinstance(a, str) for a in argv)):
+        raise TypeError(f"argv: expected a list of strings, got {argv!r}")
+    out = Path(out_dir or f"reports/{key}")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out: {str(out)!r} is an existing file, expected a folder")
     mod = importlib.import_module(f"{__name__}.{PRESETS[key]}")
-    return mod.run(Path(out_dir or f"reports/{key}"), list(argv or []))
+    return mod.run(out, list(argv or []))

@@ -36,6 +36,7 @@ from typing import Dict, List, Tuple
 
 import torch
 
+from .._validation import check_path
 from ..bench.report import Report, write_csv, write_json
 from ._defenses_cells import Cell, CellRunner, CellStore, run_cells
 from ._defenses_report import (LABELS, add_gallery, gallery_items, sweep_figure, sweep_rows,
@@ -92,9 +93,11 @@ class Plan:
 
 
 def parse_plan(argv: List[str]) -> Tuple[Plan, argparse.Namespace]:
-    p = argparse.ArgumentParser(prog="patchbench evaluate --preset defenses")
-    p.add_argument("--n", type=int, default=None, help="Fashion-MNIST test images (default 1000)")
-    p.add_argument("--steps", type=int, default=None, help="attack iterations (default 100)")
+    from ..cli import ArgumentParser, positive_int_arg, seed_arg, threads_arg
+    p = ArgumentParser(prog="patchbench evaluate --preset defenses")
+    p.add_argument("--n", type=positive_int_arg, default=None,
+                   help="Fashion-MNIST test images (default 1000)")
+    p.add_argument("--steps", type=positive_int_arg, default=None, help="attack iterations (default 100)")
     p.add_argument("--areas", default=None, help="comma-separated patch areas (default 0.05,0.1)")
     p.add_argument("--quick", action="store_true", help="tiny smoke-test run (16 images, 2 steps)")
     p.add_argument("--defenses", default=None, help=f"comma-separated subset of {','.join(DEFENSES)}")
@@ -102,8 +105,8 @@ def parse_plan(argv: List[str]) -> Tuple[Plan, argparse.Namespace]:
     p.add_argument("--skip-imagenet", action="store_true", help="no MobileNetV2 / photo part")
     p.add_argument("--patchzero-do", default=None, help="PatchZero DO-trained checkpoint")
     p.add_argument("--patchzero-two-stage", default=None, help="PatchZero two-stage checkpoint")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=threads_arg, default=2)
+    p.add_argument("--seed", type=seed_arg, default=0)
     a = p.parse_args(argv)
     plan = Plan(model=a.model, seed=a.seed)
     if a.quick:
@@ -116,7 +119,11 @@ def parse_plan(argv: List[str]) -> Tuple[Plan, argparse.Namespace]:
         plan.steps = _positive(a.steps, "--steps")
         plan.imagenet_adaptive_steps = min(plan.imagenet_adaptive_steps, plan.steps)
     if a.areas:
-        plan.areas = tuple(float(v) for v in a.areas.split(","))
+        try:
+            plan.areas = tuple(float(v) for v in a.areas.split(","))
+        except ValueError:
+            raise ValueError(f"--areas: expected comma-separated fractions in (0, 1), got "
+                             f"{a.areas!r}") from None
         if not all(0 < v < 1 for v in plan.areas):
             raise ValueError(f"--areas: expected fractions in (0, 1), got {a.areas!r}")
     if a.defenses:
@@ -127,6 +134,15 @@ def parse_plan(argv: List[str]) -> Tuple[Plan, argparse.Namespace]:
         plan.defenses = tuple(d for d in DEFENSES if d in chosen or d == "undefended")
     if a.skip_imagenet:
         plan.imagenet = False
+    from ..models import get_spec
+    try:
+        get_spec(a.model)
+    except LookupError as e:
+        raise LookupError(f"--model: {e}") from None
+    for flag, path in (("--patchzero-do", a.patchzero_do), ("--patchzero-two-stage",
+                                                             a.patchzero_two_stage)):
+        if path is not None:
+            check_path(path, flag)
     return plan, a
 
 

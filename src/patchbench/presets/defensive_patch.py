@@ -24,7 +24,6 @@ Example::
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import shutil
@@ -166,17 +165,27 @@ def _imagenet(out: Path, a, progress: bool) -> tuple:
 
 def run(out_dir: Path, argv: list) -> Path:
     """Train (or reuse) the patches, evaluate, write ``index.html`` + ``results.json``; returns the html."""
-    p = argparse.ArgumentParser(prog="patchbench evaluate --preset defensive-patch")
-    p.add_argument("--n-test", type=int, default=1000, help="Fashion-MNIST test images (default 1000)")
-    p.add_argument("--n-adv", type=int, default=300, help="test images attacked with FGSM/PGD (300)")
-    p.add_argument("--epochs", type=int, default=8, help="outer epochs of the Fashion-MNIST patch (8)")
-    p.add_argument("--train-limit", type=int, default=10000, help="Fashion-MNIST training images (10000)")
-    p.add_argument("--imagenet-epochs", type=int, default=4)
+    from ..cli import ArgumentParser, positive_int_arg, threads_arg
+    p = ArgumentParser(prog="patchbench evaluate --preset defensive-patch")
+    p.add_argument("--n-test", type=positive_int_arg, default=1000,
+                   help="Fashion-MNIST test images (default 1000)")
+    p.add_argument("--n-adv", type=positive_int_arg, default=300,
+                   help="test images attacked with FGSM/PGD (300)")
+    p.add_argument("--epochs", type=positive_int_arg, default=8,
+                   help="outer epochs of the Fashion-MNIST patch (8)")
+    p.add_argument("--train-limit", type=positive_int_arg, default=10000,
+                   help="Fashion-MNIST training images (10000)")
+    p.add_argument("--imagenet-epochs", type=positive_int_arg, default=4)
     p.add_argument("--skip-imagenet", action="store_true", help="only the Fashion-MNIST part")
     p.add_argument("--retrain", action="store_true", help="ignore cached patches")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=threads_arg, default=2)
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
+    if a.n_test > 10000:
+        p.error(f"argument --n-test: the Fashion-MNIST test split has 10000 images, got {a.n_test}")
+    if a.train_limit > 60000:
+        p.error(f"argument --train-limit: the Fashion-MNIST train split has 60000 images, got "
+                f"{a.train_limit}")
     torch.set_num_threads(a.threads)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

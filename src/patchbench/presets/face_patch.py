@@ -59,27 +59,39 @@ UNOPTIMISED = ("noise", "natural", "face")  # Table 1's "w/o" rows (our three in
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="patchbench evaluate --preset face-patch")
+    from ..cli import (ArgumentParser, chance_arg, device_arg, positive_float_arg, positive_int_arg,
+                       seed_arg, threads_arg)
+    p = ArgumentParser(prog="patchbench evaluate --preset face-patch")
     p.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated strategies")
-    p.add_argument("--n-train", type=int, default=32, help="training composites (default 32)")
-    p.add_argument("--n-test", type=int, default=32, help="held-out test composites (default 32)")
-    p.add_argument("--size", type=int, default=192, help="composite side in pixels (default 192)")
-    p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--alpha", type=float, default=0.3)
-    p.add_argument("--patch-size", type=int, default=48)
-    p.add_argument("--delta", type=float, default=0.99)
+    p.add_argument("--n-train", type=positive_int_arg, default=32,
+                   help="training composites (default 32)")
+    p.add_argument("--n-test", type=positive_int_arg, default=32,
+                   help="held-out test composites (default 32)")
+    p.add_argument("--size", type=positive_int_arg, default=192,
+                   help="composite side in pixels (default 192)")
+    p.add_argument("--epochs", type=positive_int_arg, default=6)
+    p.add_argument("--lr", type=positive_float_arg, default=0.1)
+    p.add_argument("--batch-size", type=positive_int_arg, default=8)
+    p.add_argument("--alpha", type=chance_arg, default=0.3)
+    p.add_argument("--patch-size", type=positive_int_arg, default=48)
+    p.add_argument("--delta", type=chance_arg, default=0.99)
     p.add_argument("--no-cascades", action="store_true", help="skip the Haar / LBP transfer rows")
     p.add_argument("--quick", action="store_true", help="smoke test: 8 train, 4 test, 1 epoch")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=seed_arg, default=0)
+    p.add_argument("--threads", type=threads_arg, default=2)
+    p.add_argument("--device", default="cpu", type=device_arg)
     a = p.parse_args(list(argv))
     a.strategies = [s.strip() for s in a.strategies.split(",") if s.strip()]
     bad = [s for s in a.strategies if s not in STRATEGIES]
-    if bad:
-        raise ValueError(f"--strategies: unknown {bad}; expected some of {STRATEGIES}")
+    if bad or not a.strategies:
+        raise LookupError(f"--strategies: unknown {bad or a.strategies}; expected some of "
+                          f"{', '.join(STRATEGIES)}")
+    if a.size < 24:
+        raise ValueError(f"--size: composites need at least 24 px (the smallest pasted face), got "
+                         f"{a.size}")
+    if a.patch_size > a.size:
+        raise ValueError(f"--patch-size: the patch ({a.patch_size} px) is larger than the "
+                         f"composites (--size {a.size})")
     if a.quick:
         a.n_train, a.n_test, a.epochs = 8, 4, 1
     return a

@@ -6,6 +6,11 @@ config, extra}``. It is written to a temporary file in the same folder and moved
 checkpoint: the previous one stays valid. Everything stored is loadable with
 ``torch.load(weights_only=True)`` (tensors and plain Python values only).
 
+Loading fails with a ``ValueError`` naming the file for anything that is not such a checkpoint —
+garbage or truncated files, damaged bytes (zip CRC), NaN/Inf in the model's tensors, or a model
+state for another architecture (the message lists mismatching keys with expected vs found shapes) —
+and with ``FileNotFoundError`` for a missing file.
+
 ``rng`` holds the global torch CPU (and CUDA) generator states, Python's ``random`` and numpy's global
 states, plus any named ``torch.Generator`` the trainer uses (e.g. the data-shuffling one), so a resumed
 run draws the same random numbers as an uninterrupted one.
@@ -27,12 +32,25 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._validation import check_int, check_path
+
 CHECKPOINT_VERSION = 1
+
+
+def _check_module(module, name: str) -> nn.Module:
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"{name}: expected a torch.nn.Module, got {type(module).__name__}")
+    return module
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0][:300] if lines else type(e).__name__
 
 
 def atomic_save(obj, path) -> Path:
     """``torch.save(obj)`` to ``path`` via a temporary file + ``os.replace``; returns the path."""
-    path = Path(path)
+    path = check_path(path, "path", kind="file", must_exist=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -53,6 +71,7 @@ def atomic_save(obj, path) -> Path:
 
 def save_weights(module: nn.Module, path) -> Path:
     """Save only ``module``'s ``state_dict`` (float tensors as float32, on CPU), atomically."""
+    _check_module(module, "module")
     sd = {k: (v.detach().to("cpu", torch.float32) if v.is_floating_point() else v.detach().cpu())
           for k, v in module.state_dict().items()}
     return atomic_save(sd, path)
@@ -106,6 +125,13 @@ def save_checkpoint(path, *, model: nn.Module, epoch: int, step: int, config: Ma
         generators: named ``torch.Generator`` objects to snapshot (default ``None``).
         extra: anything else (plain values / tensors), e.g. per-epoch metrics (default ``None``).
     """
+    _check_module(model, "model")
+    epoch, step = check_int(epoch, "epoch", minimum=0), check_int(step, "step", minimum=0)
+    for value, name in ((config, "config"), (extra, "extra")):
+        if value is not None and not isinstance(value, Mapping):
+            raise TypeError(f"{name}: expected a dict, got {type(value).__name__}")
+    if config is None:
+        raise TypeError("config: expected a dict, got None")
     obj = {
         "version": CHECKPOINT_VERSION,
         "model": model.state_dict(),
@@ -127,24 +153,43 @@ def load_checkpoint(path, *, model: Optional[nn.Module] = None,
     """Read a checkpoint written by :func:`save_checkpoint` and restore what is passed in.
 
     Returns the raw dictionary (``epoch``, ``step``, ``config``, ``extra``, ...). A file that is not
-    such a checkpoint raises ``ValueError`` naming it.
+    such a checkpoint (garbage, truncated, damaged, NaN/Inf weights, another architecture, optimizer
+    or scheduler state that does not fit) raises ``ValueError`` naming it; a missing file
+    ``FileNotFoundError``.
     """
-    path = Path(path)
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as e:  # noqa: BLE001 - torch raises many types for corrupt pickles
-        raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
-    if not isinstance(obj, dict) or obj.get("version") != CHECKPOINT_VERSION or "model" not in obj:
+    from ..models.weights import check_finite, check_state_dict, load_file
+
+    if model is not None:
+        _check_module(model, "model")
+    obj = load_file(path, "checkpoint", map_location=map_location)
+    path = Path(os.path.expanduser(os.fspath(path)))
+    if not isinstance(obj, dict) or obj.get("version") != CHECKPOINT_VERSION or \
+            not isinstance(obj.get("model"), Mapping):
         raise ValueError(f"{path}: not a patchbench training checkpoint (version "
                          f"{CHECKPOINT_VERSION} with a 'model' entry)")
+    state = obj["model"]
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise ValueError(f"{path}: its 'model' entry is not a state_dict (name → tensor)")
+    check_finite(state, path)
     if model is not None:
-        model.load_state_dict(obj["model"])
-    if optimizer is not None and obj["optimizer"] is not None:
-        optimizer.load_state_dict(obj["optimizer"])
-    if scheduler is not None and obj["scheduler"] is not None:
-        scheduler.load_state_dict(obj["scheduler"])
+        check_state_dict(state, model, path, what=f"the {type(model).__name__} being trained")
+        model.load_state_dict(state)
+    for part, target in (("optimizer", optimizer), ("scheduler", scheduler)):
+        if target is not None and obj.get(part) is not None:
+            try:
+                target.load_state_dict(obj[part])
+            except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as e:
+                raise ValueError(f"{path}: its {part} state does not fit this {part} "
+                                 f"({type(e).__name__}: {_first_line(e)}); was it saved by another "
+                                 f"run configuration?") from e
     if restore_rng:
-        restore_rng_state(obj["rng"], generators)
+        if not isinstance(obj.get("rng"), dict):
+            raise ValueError(f"{path}: the checkpoint has no random-number-generator state")
+        try:
+            restore_rng_state(obj["rng"], generators)
+        except KeyError as e:
+            raise LookupError(f"{path}: {e.args[0] if e.args else e}") from e
+        except (TypeError, ValueError, RuntimeError, IndexError) as e:
+            raise ValueError(f"{path}: its random-number-generator state is damaged "
+                             f"({type(e).__name__}: {_first_line(e)})") from e
     return obj

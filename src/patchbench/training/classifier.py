@@ -18,7 +18,7 @@ Example::
 """
 from __future__ import annotations
 
-import argparse
+import math
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
@@ -27,13 +27,24 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .._validation import check_images, check_labels, check_positive_int
+from .._validation import (check_bool, check_device, check_images, check_int, check_labels,
+                           check_nonnegative, check_number, check_path, check_positive,
+                           check_positive_int, check_seed, trusted_inputs)
 from ..models import zoo
 from .checkpoint import load_checkpoint, save_checkpoint, save_weights
 
 
+def _check_batch(x, name: str) -> None:
+    if not isinstance(x, Tensor) or x.dim() != 4 or not x.is_floating_point():
+        got = f"shape {tuple(x.shape)}, dtype {x.dtype}" if isinstance(x, Tensor) else type(x).__name__
+        raise TypeError(f"{name}: expected float images N×C×H×W, got {got}")
+
+
 def random_shift_flip(x: Tensor, generator: torch.Generator, max_shift: int = 2) -> Tensor:
-    """Shift each image by up to ``max_shift`` px (zero fill) and flip half of them horizontally."""
+    """Shift each image by up to ``max_shift`` px (zero fill) and flip half of them horizontally.
+    ``x`` is checked for its type and shape only (no value scan: called once per training batch)."""
+    _check_batch(x, "random_shift_flip: x")
+    max_shift = check_int(max_shift, "random_shift_flip: max_shift", minimum=0)
     n, _, h, w = x.shape
     dev = x.device
     padded = F.pad(x, [max_shift] * 4)
@@ -66,8 +77,8 @@ def random_stickers(x: Tensor, generator: torch.Generator, p: float = 0.5,
         The augmented images (pixels outside each mask are bit-identical to ``x``), and the masks when
         ``return_mask``.
     """
-    if not 0.0 <= float(p) <= 1.0:
-        raise ValueError(f"random_stickers: p must be a chance in [0, 1], got {p!r}")
+    p = check_number(p, "random_stickers: p (a chance)", 0.0, 1.0)
+    _check_batch(x, "random_stickers: x")
     n, c, h, w = x.shape
     dev = x.device
 
@@ -108,6 +119,9 @@ def random_stickers(x: Tensor, generator: torch.Generator, p: float = 0.5,
 @torch.no_grad()
 def accuracy(model, x: Tensor, y: Tensor, batch_size: int = 1000) -> float:
     """Top-1 accuracy of ``model`` (eval mode) on ``(x, y)``."""
+    x = check_images(x, "x")
+    y = check_labels(y, len(x), name="y")
+    batch_size = check_positive_int(batch_size, "batch_size")
     was = model.training
     model.eval()
     dev = next(model.parameters()).device
@@ -120,9 +134,56 @@ def accuracy(model, x: Tensor, y: Tensor, batch_size: int = 1000) -> float:
 
 def _fashion_mnist_data(root, train_limit: Optional[int], test_limit: Optional[int]):
     from ..data.fashion_mnist import load_fashion_mnist
-    x_tr, y_tr = load_fashion_mnist("train", root=root, limit=train_limit)
-    x_te, y_te = load_fashion_mnist("test", root=root, limit=test_limit)
-    return x_tr, y_tr, x_te, y_te
+    out = []
+    for split, limit, name in (("train", train_limit, "train_limit"), ("test", test_limit, "test_limit")):
+        try:
+            out += load_fashion_mnist(split, root=root, limit=limit)
+        except ValueError as e:
+            if not str(e).startswith("limit:"):
+                raise
+            raise ValueError(f"{name}: {str(e)[len('limit: '):]}") from None
+    return tuple(out)
+
+
+def _check_args(arch, out_path, epochs, batch_size, lr, seed, resume, progress, checkpoint_path,
+                weight_decay, augment, device, root, train_limit, test_limit, stickers, init) -> dict:
+    """Every scalar argument of :func:`train_classifier`, checked before any data is read."""
+    a = {"epochs": check_positive_int(epochs, "epochs"),
+         "batch_size": check_positive_int(batch_size, "batch_size"),
+         "lr": check_positive(lr, "lr"), "seed": check_seed(seed, "seed"),
+         "weight_decay": check_nonnegative(weight_decay, "weight_decay"),
+         "stickers": check_number(stickers, "stickers", 0.0, 1.0),
+         "device": check_device(device, "device")}
+    for name, v in (("resume", resume), ("progress", progress), ("augment", augment)):
+        check_bool(v, name)
+    for name, v in (("train_limit", train_limit), ("test_limit", test_limit)):
+        if v is not None:
+            check_positive_int(v, name)
+    try:
+        zoo.get_spec(arch)                              # LookupError listing the models
+    except (LookupError, TypeError) as e:
+        raise type(e)(f"arch: {e}") from None
+    a["arch"] = arch
+    a["out_path"] = check_path(out_path, "out_path", kind="file", must_exist=False)
+    a["ckpt"] = check_path(checkpoint_path, "checkpoint_path", kind="file", must_exist=False) \
+        if checkpoint_path is not None else a["out_path"].with_name(a["out_path"].name + ".ckpt")
+    if a["ckpt"].resolve() == a["out_path"].resolve():
+        raise ValueError(f"checkpoint_path: must differ from out_path ({str(a['out_path'])!r})")
+    if root is not None:
+        check_path(root, "root", kind="dir")
+    if init is not None and not (isinstance(init, str) and init == "pretrained"):
+        check_path(init, "init")
+    return a
+
+
+def _check_fits(model, arch: str, x_tr, y_tr, x_te, y_te) -> None:
+    """The data's channels and labels must fit the model (else a cryptic shape error mid-training)."""
+    for name, x in (("x_train", x_tr), ("x_test", x_te)):
+        if x.shape[1] != model.channels:
+            raise ValueError(f"{name}: {arch!r} takes {model.channels}-channel images, got "
+                             f"{x.shape[1]} channels (shape {tuple(x.shape)})")
+    for name, y in (("y_train", y_tr), ("y_test", y_te)):
+        check_labels(y, len(y), model.num_classes, name=f"{name} (labels)")
 
 
 def _check_data(data) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -135,7 +196,19 @@ def _check_data(data) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
                                                                                   name="y_test")
 
 
-def _train_one_epoch(model, opt, sched, x, y, batch_size, gen, augment, stickers, bar) -> Tuple[float, int]:
+def _diverged(epoch: int, lr: float, what: str) -> ValueError:
+    return ValueError(f"training diverged at epoch {epoch}: {what}; nothing was saved for this "
+                      f"epoch — try a lower lr (this run used lr={lr:g})")
+
+
+def _check_finite_weights(model, epoch: int, lr: float) -> None:
+    for name, t in model.net.state_dict().items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise _diverged(epoch, lr, f"parameter {name!r} became NaN/Inf")
+
+
+def _train_one_epoch(model, opt, sched, x, y, batch_size, gen, augment, stickers, bar, epoch: int = 0,
+                     lr: float = float("nan")) -> Tuple[float, int]:
     model.train()
     dev = next(model.parameters()).device
     order = torch.randperm(len(x), generator=gen)
@@ -152,7 +225,10 @@ def _train_one_epoch(model, opt, sched, x, y, batch_size, gen, augment, stickers
         loss.backward()
         opt.step()
         sched.step()
-        total, steps = total + float(loss.detach()), steps + 1
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise _diverged(epoch, lr, f"the loss became {value} at step {steps + 1} of the epoch")
+        total, steps = total + value, steps + 1
         bar.update(1)
         if steps % 20 == 0:
             bar.set_postfix(loss=f"{total / steps:.4f}", refresh=False)
@@ -185,15 +261,15 @@ def train_classifier(arch: str, out_path, epochs: int = 10, batch_size: int = 12
     Returns:
         Top-1 accuracy on the test images.
     """
-    epochs, batch_size = check_positive_int(epochs, "epochs"), check_positive_int(batch_size, "batch_size")
-    out_path = Path(out_path)
-    ckpt = Path(checkpoint_path) if checkpoint_path is not None else out_path.with_name(out_path.name + ".ckpt")
+    a = _check_args(arch, out_path, epochs, batch_size, lr, seed, resume, progress, checkpoint_path,
+                    weight_decay, augment, device, root, train_limit, test_limit, stickers, init)
+    arch, out_path, ckpt, epochs, batch_size, lr, seed = (a[k] for k in (
+        "arch", "out_path", "ckpt", "epochs", "batch_size", "lr", "seed"))
+    weight_decay, stickers, device = a["weight_decay"], a["stickers"], a["device"]
     x_tr, y_tr, x_te, y_te = _check_data(data if data is not None
                                          else _fashion_mnist_data(root, train_limit, test_limit))
     config = {"arch": arch, "epochs": epochs, "batch_size": batch_size, "lr": float(lr), "seed": int(seed),
               "weight_decay": float(weight_decay), "augment": bool(augment), "n_train": len(x_tr)}
-    if not 0.0 <= float(stickers) <= 1.0:
-        raise ValueError(f"stickers: expected a chance in [0, 1], got {stickers!r}")
     if stickers:
         config["stickers"] = float(stickers)
     if init is not None:
@@ -203,6 +279,7 @@ def train_classifier(arch: str, out_path, epochs: int = 10, batch_size: int = 12
     gen = torch.Generator().manual_seed(seed)
     channels = {"channels": x_tr.shape[1]} if arch == "tiny_cnn" else {}
     model = zoo.load(arch, weights=False, device=device, seed=seed, **channels).train()
+    _check_fits(model, arch, x_tr, y_tr, x_te, y_te)
     if init is not None:
         _load_init(model, arch, init, device)
     opt = torch.optim.AdamW(model.net.parameters(), lr=lr, weight_decay=weight_decay)
@@ -218,9 +295,10 @@ def train_classifier(arch: str, out_path, epochs: int = 10, batch_size: int = 12
         start, step, history = state["epoch"], state["step"], list(state["extra"].get("history", []))
     for epoch in range(start, epochs):
         with tqdm(total=steps_per_epoch, desc=f"{spec.name} epoch {epoch + 1}/{epochs}",
-                  disable=not progress, leave=False) as bar:
+                  disable=not progress, leave=False) as bar, trusted_inputs():
             loss, n = _train_one_epoch(model, opt, sched, x_tr, y_tr, batch_size, gen, augment,
-                                       float(stickers), bar)
+                                       float(stickers), bar, epoch=epoch + 1, lr=lr)
+        _check_finite_weights(model, epoch + 1, lr)
         step += n
         history.append(loss)
         save_checkpoint(ckpt, model=model, optimizer=opt, scheduler=sched, epoch=epoch + 1, step=step,
@@ -253,26 +331,34 @@ def _load_init(model, arch: str, init, device) -> None:
 
 def main_train_classifier(argv: Optional[Sequence[str]] = None) -> int:
     """Command line: ``patchbench train classifier --arch NAME --out FILE [--epochs N] ...``."""
-    p = argparse.ArgumentParser(prog="patchbench train classifier",
-                                description="Train a small classifier on Fashion-MNIST (resumable).")
+    from ..cli import (ArgumentParser, chance_arg, device_arg, out_file_arg, positive_float_arg,
+                       positive_int_arg, seed_arg, threads_arg)
+    p = ArgumentParser(prog="patchbench train classifier",
+                       description="Train a small classifier on Fashion-MNIST (resumable).")
     p.add_argument("--arch", required=True,
                    help="a registered model: fmnist_cnn_small | fmnist_cnn_wide | fmnist_resnet | tiny_cnn")
-    p.add_argument("--out", required=True, help="weights file to write (float32 state_dict)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint", default=None, help="training state file (default OUT.ckpt)")
+    p.add_argument("--out", required=True, type=out_file_arg,
+                   help="weights file to write (float32 state_dict)")
+    p.add_argument("--epochs", type=positive_int_arg, default=10)
+    p.add_argument("--batch-size", type=positive_int_arg, default=128)
+    p.add_argument("--lr", type=positive_float_arg, default=3e-3)
+    p.add_argument("--seed", type=seed_arg, default=0)
+    p.add_argument("--checkpoint", default=None, type=out_file_arg,
+                   help="training state file (default OUT.ckpt)")
     p.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", type=device_arg)
     p.add_argument("--data-root", default=None, help="Fashion-MNIST folder with the idx .gz files")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
-    p.add_argument("--stickers", type=float, default=0.0,
+    p.add_argument("--threads", type=threads_arg, default=None, help="torch.set_num_threads (CPU)")
+    p.add_argument("--stickers", type=chance_arg, default=0.0,
                    help="chance per training image of a random sticker (default 0)")
     p.add_argument("--init", default=None,
                    help="start from 'pretrained' (the registered weights) or a weights file")
     a = p.parse_args(argv)
+    try:
+        zoo.get_spec(a.arch)
+    except LookupError as e:
+        p.error(f"argument --arch: {e}")
     if a.threads:
         torch.set_num_threads(a.threads)
     acc = train_classifier(a.arch, a.out, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed,

@@ -25,12 +25,10 @@ Example::
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import importlib
 import math
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
@@ -40,11 +38,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .._config import config_from_mapping, name_list, read_toml
+from .._validation import (check_bool, check_choice, check_device, check_fraction, check_int,
+                           check_nonnegative, check_path, check_positive, check_positive_int,
+                           check_seed)
 from ..defenses.base import Defended
 from ..defenses.patchzero import PatchZero
 from ..metrics.segmentation import PixelConfusion
 
 _ATTACK_MODULES = {"masked-pgd": "masked_pgd", "masked-apgd": "masked_apgd", "masked-cw": "masked_cw"}
+#: deepest U-Net on 28×28 images: 28 → 14 → 7 → 4 → 2 (padded to a multiple of 2^depth)
+MAX_UNET_DEPTH = 4
 
 
 @dataclass
@@ -108,26 +112,64 @@ class PatchZeroTrainConfig:
     progress: bool = True
 
     def __post_init__(self):
-        self.attacks = tuple(self.attacks)
-        unknown = [a for a in self.attacks if a not in _ATTACK_MODULES]
-        if not self.attacks or unknown:
-            raise ValueError(f"attacks: expected names among {sorted(_ATTACK_MODULES)}, got "
-                             f"{list(self.attacks)}")
-        if not 0 < self.area_min <= self.area_max < 1:
-            raise ValueError(f"area_min/area_max: expected 0 < area_min <= area_max < 1, got "
+        c = "PatchZeroTrainConfig."
+        from ..models import get_spec
+        from ..patches.shapes import SHAPES
+        if not isinstance(self.dataset, str) or not self.dataset:
+            raise TypeError(f"{c}dataset: expected 'fashion-mnist' or an image folder, got "
+                            f"{self.dataset!r}")
+        if self.dataset != "fashion-mnist" and not Path(self.dataset).is_dir():
+            raise FileNotFoundError(f"{c}dataset: expected 'fashion-mnist' or an existing image "
+                                    f"folder, got {self.dataset!r} (no such folder)")
+        if not isinstance(self.classifier, str):
+            raise TypeError(f"{c}classifier: expected a model name, got {self.classifier!r}")
+        try:
+            get_spec(self.classifier)
+        except LookupError as e:
+            raise LookupError(f"{c}classifier: {e}") from None
+        for name in ("classifier_kwargs", "attack_kwargs"):
+            v = getattr(self, name)
+            if not isinstance(v, dict) or not all(isinstance(k, str) for k in v):
+                raise TypeError(f"{c}{name}: expected a table (dict) of options, got {v!r}")
+        self.attacks = name_list(self.attacks, c + "attacks", sorted(_ATTACK_MODULES))
+        for k, v in self.attack_kwargs.items():
+            name_list(k, f"{c}attack_kwargs", sorted(_ATTACK_MODULES))
+            if not isinstance(v, dict):
+                raise TypeError(f"{c}attack_kwargs.{k}: expected a table of constructor options, "
+                                f"got {v!r}")
+        for k in ("n_train", "batch_size", "attack_steps", "adaptive_steps", "unet_base", "image_size"):
+            setattr(self, k, check_positive_int(getattr(self, k), c + k))
+        self.unet_depth = check_int(self.unet_depth, c + "unet_depth")
+        if not 1 <= self.unet_depth <= MAX_UNET_DEPTH:
+            raise ValueError(f"{c}unet_depth: expected 1..{MAX_UNET_DEPTH}, got {self.unet_depth}: each "
+                             f"level halves the 28×28 Fashion-MNIST image (28 → 14 → 7 → 4 → 2), so "
+                             f"more than {MAX_UNET_DEPTH} down-samplings leave a bottleneck under 2×2 "
+                             f"pixels (and the width doubles per level: unet_base·2^depth channels)")
+        self.epochs_stage1 = check_int(self.epochs_stage1, c + "epochs_stage1", minimum=0)
+        self.epochs_stage2 = check_int(self.epochs_stage2, c + "epochs_stage2", minimum=0)
+        if self.epochs_stage1 + self.epochs_stage2 == 0:
+            raise ValueError(f"{c}epochs_stage1/epochs_stage2: expected at least one epoch in all, "
+                             f"got 0 and 0")
+        self.area_min = check_fraction(self.area_min, c + "area_min")
+        self.area_max = check_fraction(self.area_max, c + "area_max")
+        if self.area_min > self.area_max:
+            raise ValueError(f"{c}area_min/area_max: expected 0 < area_min <= area_max < 1, got "
                              f"{self.area_min}, {self.area_max}")
-        for k in ("n_train", "batch_size", "attack_steps", "adaptive_steps", "unet_base", "unet_depth",
-                  "image_size"):
-            if int(getattr(self, k)) < 1:
-                raise ValueError(f"{k}: expected an integer >= 1, got {getattr(self, k)!r}")
+        self.shape = check_choice(self.shape, c + "shape", SHAPES)
+        self.lr = check_positive(self.lr, c + "lr")
+        if self.lr_stage2 is not None:
+            self.lr_stage2 = check_positive(self.lr_stage2, c + "lr_stage2")
         if self.lr_schedule not in ("constant", "cosine"):
-            raise ValueError(f"lr_schedule: expected 'constant' or 'cosine', got {self.lr_schedule!r}")
-        for k in ("lr", "lr_stage2"):
-            v = getattr(self, k)
-            if v is not None and not float(v) > 0:
-                raise ValueError(f"{k}: expected a positive learning rate, got {v!r}")
-        if self.epochs_stage1 < 0 or self.epochs_stage2 < 0 or self.epochs_stage1 + self.epochs_stage2 == 0:
-            raise ValueError("epochs_stage1/epochs_stage2: expected >= 0 each and at least one epoch")
+            raise ValueError(f"{c}lr_schedule: expected 'constant' or 'cosine', got "
+                             f"{self.lr_schedule!r}")
+        self.aux_weight = check_nonnegative(self.aux_weight, c + "aux_weight")
+        self.pos_weight = check_positive(self.pos_weight, c + "pos_weight")
+        self.dilation = check_int(self.dilation, c + "dilation", minimum=0)
+        self.seed = check_seed(self.seed, c + "seed")
+        check_device(self.device, c + "device")
+        if self.num_threads is not None:
+            self.num_threads = check_positive_int(self.num_threads, c + "num_threads")
+        self.progress = check_bool(self.progress, c + "progress")
 
     def identity(self) -> dict:
         """The fields a resumed run must share (not where it runs, nor the epoch counts, which a
@@ -140,15 +182,19 @@ class PatchZeroTrainConfig:
 
     @classmethod
     def from_toml(cls, path) -> "PatchZeroTrainConfig":
-        """Read a TOML file: top-level keys or a ``[patchzero]`` table with the fields above."""
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-        data = data.get("patchzero", data)
-        names = {f.name for f in dataclasses.fields(cls)}
-        extra = sorted(set(data) - names - {"out_dir"})
-        if extra:
-            raise ValueError(f"{path}: unknown PatchZero config keys {extra}; valid: {sorted(names)}")
-        return cls(**{k: v for k, v in data.items() if k in names})
+        """Read a TOML file: top-level keys or a ``[patchzero]`` table with the fields above (and
+        ``out_dir``). Errors name the file and the line (syntax) or the field (values); unknown keys
+        are listed with the known ones."""
+        return config_from_mapping(cls, _config_table(read_toml(path, "config"), path), str(path),
+                                   allowed_extra=("out_dir",), label="PatchZero config")
+
+
+def _config_table(data: dict, path) -> dict:
+    table = data.get("patchzero", data)
+    if not isinstance(table, dict):
+        raise TypeError(f"{path}: [patchzero] must be a table of PatchZeroTrainConfig fields, got "
+                        f"{table!r}")
+    return table
 
 
 # ---------------------------------------------------------------------- data, models, attacks
@@ -157,13 +203,22 @@ def _load_data(cfg: PatchZeroTrainConfig) -> Tensor:
     one quantisation and the detector cannot key on it)."""
     if cfg.dataset == "fashion-mnist":
         from ..data.fashion_mnist import load_fashion_mnist
-        x, _ = load_fashion_mnist("train", limit=cfg.n_train)
+        try:
+            x, _ = load_fashion_mnist("train", limit=cfg.n_train)
+        except ValueError as e:
+            raise ValueError(f"PatchZeroTrainConfig.n_train: {e}") from None
     else:
         from ..data.folders import ImageFolder, image_paths, read_image
         try:
             paths = [p for p, _ in ImageFolder(cfg.dataset).samples]
         except ValueError:
-            paths = image_paths(cfg.dataset)
+            try:
+                paths = image_paths(cfg.dataset)
+            except (ValueError, FileNotFoundError) as e:
+                raise type(e)(f"PatchZeroTrainConfig.dataset: {e}") from None
+        if cfg.n_train > len(paths):
+            raise ValueError(f"PatchZeroTrainConfig.n_train: the folder {cfg.dataset!r} has "
+                             f"{len(paths)} images, fewer than n_train={cfg.n_train}")
         g = torch.Generator().manual_seed(cfg.seed)
         pick = torch.randperm(len(paths), generator=g)[:cfg.n_train].sort().values
         x = torch.stack([read_image(paths[int(i)], cfg.image_size) for i in pick])
@@ -330,15 +385,23 @@ def train_patchzero(config: PatchZeroTrainConfig, out_dir, resume: bool = True) 
 
     The checkpoints load with ``PatchZero.load(path)``.
     """
-    cfg = config
+    if not isinstance(config, PatchZeroTrainConfig):
+        raise TypeError(f"config: expected a PatchZeroTrainConfig, got {type(config).__name__}")
+    cfg = dataclasses.replace(config)          # re-validates fields changed after construction
+    out = check_path(out_dir, "out_dir", kind="dir", must_exist=False)
+    resume = check_bool(resume, "resume")
     if cfg.num_threads:
         torch.set_num_threads(int(cfg.num_threads))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     dev = torch.device(cfg.device)
     from ..models import load as load_model
-    classifier = load_model(cfg.classifier, **cfg.classifier_kwargs).to(dev).eval().requires_grad_(False)
+    try:
+        classifier = load_model(cfg.classifier, **cfg.classifier_kwargs)
+    except TypeError as e:
+        raise TypeError(f"PatchZeroTrainConfig.classifier_kwargs: {cfg.classifier_kwargs!r} do not "
+                        f"fit {cfg.classifier!r} ({e})") from None
+    classifier = classifier.to(dev).eval().requires_grad_(False)
     x = _load_data(cfg)
+    out.mkdir(parents=True, exist_ok=True)
     if x.shape[1] != classifier.channels:
         raise ValueError(f"classifier {cfg.classifier!r} takes {classifier.channels}-channel images, "
                          f"the dataset {cfg.dataset!r} has {x.shape[1]}")
@@ -383,20 +446,26 @@ def train_patchzero(config: PatchZeroTrainConfig, out_dir, resume: bool = True) 
 
 def main_train_patchzero(argv: Optional[Sequence[str]] = None) -> int:
     """``patchbench train patchzero --config FILE [--out DIR] [--device D] [--no-resume]``."""
-    p = argparse.ArgumentParser(prog="patchbench train patchzero",
-                                description="Two-stage PatchZero detector training (WACV 2023, §3.3)")
-    p.add_argument("--config", required=True, help="TOML file with PatchZeroTrainConfig fields")
-    p.add_argument("--out", default=None, help="output folder (default: out_dir in the config, "
-                                               "else runs/patchzero)")
-    p.add_argument("--device", default=None, help="override the config's device (cpu, cuda)")
+    from ..cli import ArgumentParser, config_file_arg, device_arg, out_dir_arg
+    p = ArgumentParser(prog="patchbench train patchzero",
+                       description="Two-stage PatchZero detector training (WACV 2023, §3.3)")
+    p.add_argument("--config", required=True, type=config_file_arg,
+                   help="TOML file with PatchZeroTrainConfig fields")
+    p.add_argument("--out", default=None, type=out_dir_arg,
+                   help="output folder (default: out_dir in the config, else runs/patchzero)")
+    p.add_argument("--device", default=None, type=device_arg,
+                   help="override the config's device (cpu, cuda)")
     p.add_argument("--no-resume", action="store_true", help="start over even if out holds a run")
     a = p.parse_args(argv)
     cfg = PatchZeroTrainConfig.from_toml(a.config)
     if a.device:
-        cfg.device = a.device
-    with open(a.config, "rb") as f:
-        data = tomllib.load(f)
-    out = a.out or data.get("patchzero", data).get("out_dir", "runs/patchzero")
+        cfg = dataclasses.replace(cfg, device=a.device)
+    out = a.out
+    if out is None:
+        out = _config_table(read_toml(a.config, "--config"), a.config).get("out_dir", "runs/patchzero")
+        if not isinstance(out, str) or not out:
+            raise TypeError(f"{a.config}: out_dir: expected a folder path, got {out!r}")
+        check_path(out, f"{a.config}: out_dir", kind="dir", must_exist=False)
     print(train_patchzero(cfg, out, resume=not a.no_resume))
     return 0
 
