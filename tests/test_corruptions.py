@@ -10,6 +10,7 @@ from PIL import Image
 
 from patchbench.corruptions import CORRUPTIONS, FAMILIES, RANDOM, corrupt, family, get
 from patchbench.corruptions import noise as noise_mod
+from patchbench.corruptions.blur import glass_shuffle_sources
 
 torch.set_num_threads(1)
 
@@ -106,7 +107,8 @@ def test_same_seed_same_output_and_seeds_matter_only_when_random(name, grey28):
 
 
 @pytest.mark.parametrize("name", CORRUPTIONS)
-@pytest.mark.parametrize("shape", [(2, 1, 28, 28), (2, 3, 20, 36), (1, 3, 9, 7)])
+@pytest.mark.parametrize("shape", [(2, 1, 28, 28), (2, 3, 20, 36), (1, 3, 9, 7),
+                                   (1, 1, 1, 1), (2, 3, 2, 2), (1, 3, 1, 5), (2, 1, 6, 2)])
 def test_shape_dtype_range_preserved(name, shape):
     x = torch.rand(shape, generator=torch.Generator().manual_seed(1))
     for xx in (x, x.double()):
@@ -134,17 +136,29 @@ def test_bad_names_severities_and_images_are_rejected(grey28):
         corrupt(grey28, "frost", 1)
     with pytest.raises(LookupError):
         get("rain")
-    for bad in (6, -1, 2.0, True, "3", None):
+    for bad in (6, -1):
         with pytest.raises(ValueError, match="severity"):
             corrupt(grey28, "fog", bad)
+    for bad in (2.5, True, "3", None):
+        with pytest.raises(TypeError, match="severity"):
+            corrupt(grey28, "fog", bad)
+    assert torch.equal(corrupt(grey28, "fog", 2.0), corrupt(grey28, "fog", 2))  # integral float
+    with pytest.raises(TypeError, match="name"):
+        corrupt(grey28, 3, 1)
     with pytest.raises(ValueError, match="channels"):
         corrupt(torch.rand(1, 2, 8, 8), "fog", 1)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         corrupt(grey28 * 3, "fog", 1)
     with pytest.raises(TypeError):
         corrupt(grey28.numpy(), "fog", 1)
-    with pytest.raises(TypeError, match="generator"):
-        corrupt(grey28, "fog", 1, generator="seed")
+    for bad in ("seed", 1.5, [0], np.random.default_rng(0)):
+        with pytest.raises(TypeError, match="generator"):
+            corrupt(grey28, "fog", 1, generator=bad)
+    for bad in (-1, 2 ** 64):
+        with pytest.raises(ValueError, match="generator"):
+            corrupt(grey28, "fog", 1, generator=bad)
+    with pytest.raises(TypeError, match="generator"):   # checked even when nothing is drawn
+        corrupt(grey28, "fog", 0, generator="seed")
 
 
 def test_gaussian_and_speckle_noise_have_the_tabled_std():
@@ -232,3 +246,34 @@ def test_runs_on_cuda(name, rgb64):
     assert y.is_cuda and y.shape == x.shape
     with pytest.raises(ValueError, match="generator"):
         corrupt(x, name, 3, generator=torch.Generator().manual_seed(0))
+
+
+def test_glass_blur_pass_is_imagenet_c_sequential_copy_loop():
+    """One pass of glass blur's shuffle, resolved without a pixel loop, equals ImageNet-C's loop
+    pixel for pixel: rows H-D … D+1 and columns W-D … D+1 visited in descending order, each
+    taking ``x[h, w], x[h+dy, w+dx] = x[h+dy, w+dx], x[h, w]`` on an RGB array (which assigns
+    through numpy views: a copy, so values are carried on), offsets in [-D, D-1]."""
+    g = torch.Generator().manual_seed(0)
+    for h, w, reach in [(12, 10, 1), (15, 17, 2), (9, 9, 4), (30, 25, 3)]:
+        dy, dx = torch.randint(-reach, reach, (2, 3, h - 2 * reach, w - 2 * reach), generator=g)
+        src = glass_shuffle_sources(dy, dx, h, w, reach)
+        for k in range(3):
+            img = np.arange(h * w * 3).reshape(h, w, 3)
+            for r in range(h - reach, reach, -1):
+                for c in range(w - reach, reach, -1):
+                    a, b = int(dy[k, r - reach - 1, c - reach - 1]), int(dx[k, r - reach - 1, c - reach - 1])
+                    img[r, c], img[r + a, c + b] = img[r + a, c + b], img[r, c]
+            assert np.array_equal(img[..., 0].reshape(-1) // 3, src[k].numpy()), (h, w, reach, k)
+
+
+def test_glass_blur_shuffle_carries_values_further_than_one_jump():
+    """A visit whose source was visited earlier in the pass (further down, the scan runs
+    bottom-up) takes that source's new value, so values travel further than one jump in
+    [-delta, delta-1] — but only downwards-to-up: none comes from more than delta rows above."""
+    n, h, w, delta = 2, 40, 40, 2
+    g = torch.Generator().manual_seed(1)
+    dy, dx = torch.randint(-delta, delta, (2, n, h - 2 * delta, w - 2 * delta), generator=g)
+    src = glass_shuffle_sources(dy, dx, h, w, delta)
+    rows = src // w - torch.arange(h * w) // w
+    assert int(rows.min()) >= -delta
+    assert int(rows.max()) > delta - 1                 # carried by more than one visit

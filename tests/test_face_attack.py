@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from patchbench.attacks.face import (FacePatch, adversarial_loss, initial_patch, main_train_face_patch,
+from patchbench.training.face_patch import main_train_face_patch
+from patchbench.attacks.face import (FacePatch, adversarial_loss, initial_patch,
                                      paste_on_faces, select_candidates)
 from patchbench.data.faces import ASTRONAUT_FACE_BOX, real_faces
 from patchbench.models.mtcnn import load_mtcnn

@@ -314,3 +314,16 @@ def test_training_checkpoints_with_nan_or_another_architecture_name_the_file(tmp
         ck.save_checkpoint(tmp_path, model=net, epoch=1, step=2, config={})
     with pytest.raises(ValueError, match="epoch"):
         ck.save_checkpoint(tmp_path / "x.ckpt", model=net, epoch=-1, step=2, config={})
+
+
+def test_an_unreadable_cache_file_is_recomputed_with_a_warning(tmp_path):
+    """Caches (DO attacks, stage-1 attacks, face patches) damaged by a crash are recomputed, not fatal."""
+    from patchbench.models.weights import load_cache
+
+    assert load_cache(tmp_path / "missing.pt") is None
+    bad = tmp_path / "cache.pt"
+    bad.write_bytes(b"\x00garbage" * 50)
+    with pytest.warns(RuntimeWarning, match="cache.pt"):
+        assert load_cache(bad, "DO attack cache") is None
+    torch.save({"x": torch.ones(2)}, bad)
+    assert torch.equal(load_cache(bad)["x"], torch.ones(2))

@@ -91,7 +91,7 @@ def _check_range(x: Tensor, name: str) -> None:
     if math.isnan(lo) or math.isnan(hi) or math.isinf(lo) or math.isinf(hi):
         raise ValueError(f"{name}: contains NaN or Inf values")
     if lo < -1e-6 or hi > 1 + 1e-6:
-        hint = (" — these look like 0–255 pixel values: divide by 255" if hi > 1.5 and lo >= 0
+        hint = (" — these look like 0–255 pixel values: divide by 255" if hi >= 10 and lo >= 0
                 else "; patchbench normalises inside the model wrapper, so pass unnormalised images")
         raise ValueError(f"{name}: values must lie in [0, 1], got min {lo:.4g} max {hi:.4g}{hint}")
 
@@ -257,7 +257,13 @@ def make_generator(seed_or_gen=None, device="cpu", name: str = "generator") -> t
     """A ``torch.Generator`` from a seed, an existing generator (returned as is) or ``None`` (seed 0)."""
     if isinstance(seed_or_gen, torch.Generator):
         return seed_or_gen
-    seed = 0 if seed_or_gen is None else check_seed(seed_or_gen, name)
+    try:
+        seed = 0 if seed_or_gen is None else check_seed(seed_or_gen, name)
+    except TypeError as e:
+        if "numpy" in str(e):
+            raise
+        raise TypeError(f"{name}: expected an integer seed or a torch.Generator, got "
+                        f"{seed_or_gen!r}") from None
     g = torch.Generator(device=device)
     g.manual_seed(seed)
     return g

@@ -127,7 +127,7 @@ def _cmd_train(args, rest: List[str]) -> int:
     elif what == "defensive-patch":
         from .defensive.train import main_train_defensive_patch as fn
     elif what == "face-patch":
-        from .attacks.face import main_train_face_patch as fn
+        from .training.face_patch import main_train_face_patch as fn
     else:  # argparse choices make this unreachable; kept as a clear message for direct callers
         raise LookupError(f"unknown training target {what!r}")
     return int(fn(rest) or 0)

@@ -78,3 +78,10 @@ for v in BAD_COUNT:
     CASES.append(Case(f"evaluate.batch_size={v!r}", lambda v=v: _ev(batch_size=v), ("batch_size",)))
 for v in BAD_SEEDS + (object(),):
     CASES.append(Case(f"evaluate.generator={v!r}", lambda v=v: _ev(generator=v), ("generator", "seed")))
+for kind, name in (("defenses", "lgs"), ("defenses", "jpeg"), ("attacks", "masked-pgd"),
+                   ("attacks", "universal-patch")):
+    CASES.append(Case(f"evaluate.registry.{kind}.get({name}, bogus=1)",
+                      lambda kind=kind, name=name: getattr(pb, kind).get(name, bogus=1), ("bogus",)))
+    CASES.append(Case(f"evaluate.registry.{kind}.get({name!r}.upper())",
+                      lambda kind=kind, name=name: getattr(pb, kind).get(name.upper().replace("-", "_")),
+                      check=lambda d: None))

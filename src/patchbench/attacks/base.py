@@ -7,14 +7,13 @@ its inputs once, at entry; the iterations then run inside ``_validation.trusted_
 from __future__ import annotations
 
 import abc
-import inspect
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 import torch
 from torch import Tensor
 
-from .._registry import Registry, normalize_name
+from .._registry import Registry
 
 
 @dataclass
@@ -98,19 +97,7 @@ def get(name: str, **kwargs) -> PatchAttack:
     """
     if not isinstance(name, str):
         raise TypeError(f"attack name: expected a string such as 'masked-pgd', got {name!r}")
-    cls = _ATTACKS._classes.get(normalize_name(name))
-    if cls is None:
-        return _ATTACKS.get(name)   # raises the registry's LookupError listing the names
-    params = inspect.signature(cls).parameters
-    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        unknown = [k for k in kwargs if k not in params]
-        if unknown:
-            accepted = ", ".join(k for k, p in params.items()
-                                 if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
-            raise TypeError(f"attack {name!r}: unexpected keyword argument"
-                            f"{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
-                            f"{cls.__name__} accepts: {accepted}")
-    return cls(**kwargs)
+    return _ATTACKS.get(name, **kwargs)
 
 
 def names() -> List[str]:

@@ -25,8 +25,6 @@ Example::
 """
 from __future__ import annotations
 
-import argparse
-import math
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
@@ -384,11 +382,8 @@ class FacePatch:
 
 def _read_checkpoint(path: Path, device) -> dict:
     """The state dict saved by :meth:`FacePatch._save`; ``ValueError`` naming the file otherwise."""
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - unreadable, truncated, not a torch file, pickled code
-        raise ValueError(f"checkpoint: {str(path)!r} is not a readable FacePatch checkpoint "
-                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+    from ..models.weights import load_file
+    state = load_file(path, "checkpoint", map_location=device)
     missing = [k for k in _CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
         raise ValueError(f"checkpoint: {str(path)!r} is not a FacePatch checkpoint (missing "
@@ -415,45 +410,3 @@ def _resume(path: Path, state: dict, patch: Tensor, opt, g, epochs: int):
         raise ValueError(f"checkpoint: {str(path)!r} has a damaged optimizer/generator state "
                          f"({type(e).__name__}: {e})") from e
     return epoch, history
-
-
-def main_train_face_patch(argv: Optional[Sequence[str]] = None) -> int:
-    """``patchbench train face-patch --strategy S --out DIR``: train on composite train-split faces,
-    write ``DIR/<strategy>.pt`` (patch + config + history) and ``DIR/<strategy>.png``; resumes from
-    ``DIR/<strategy>.ckpt``."""
-    p = argparse.ArgumentParser(prog="patchbench train face-patch")
-    p.add_argument("--strategy", default="patch-combination", choices=STRATEGIES)
-    p.add_argument("--out", default="runs/face-patch")
-    p.add_argument("--init", default="noise", choices=INITS)
-    p.add_argument("--position", default="top-center", choices=POSITIONS)
-    p.add_argument("--alpha", type=float, default=0.5)
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--n-train", type=int, default=64, help="composite training images (default 64)")
-    p.add_argument("--size", type=int, default=192, help="composite side in pixels (default 192)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    a = p.parse_args(list(argv or []))
-    from ..bench.report import tensor_to_pil
-    from ..data.faces import composite_faces
-    from ..models.mtcnn import load_mtcnn
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    train = composite_faces(a.n_train, size=(a.size, a.size), scale_range=_scale_range(a.size),
-                            split="train", generator=a.seed)
-    fp = FacePatch(a.strategy, alpha=a.alpha, position=a.position, init=a.init, epochs=a.epochs,
-                   lr=a.lr, batch_size=a.batch_size)
-    patch = fp.fit(load_mtcnn(device=a.device), train.images.to(a.device), train.boxes,
-                   generator=a.seed, checkpoint=out / f"{a.strategy}.ckpt", verbose=True)
-    from ..training.checkpoint import atomic_save
-    atomic_save({"patch": patch.cpu(), "config": fp.config(), "history": fp.history_},
-                out / f"{a.strategy}.pt")
-    tensor_to_pil(patch).save(out / f"{a.strategy}.png")
-    print(f"patch written to {out / (a.strategy + '.pt')}")
-    return 0
-
-
-def _scale_range(size: int) -> Tuple[int, int]:
-    """Face heights for ``size``-pixel composites: 3/16 to 3/8 of the side (48–96 px at 256)."""
-    return max(24, math.floor(size * 3 / 16)), max(24, math.floor(size * 3 / 8))

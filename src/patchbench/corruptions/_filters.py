@@ -1,4 +1,4 @@
-"""Batched torch building blocks shared by the corruptions: Gaussian / box / disk / motion blur,
+"""Batched torch building blocks shared by the corruptions: Gaussian / disk / motion blur,
 centre zoom, greyscale and the size scale factor.
 
 Everything works on ``N×C×H×W`` float tensors on the input's device. Spatial constants of
@@ -80,16 +80,6 @@ def gaussian_blur(x: Tensor, sigma: float, truncate: float = 4.0, mode: str = "r
         return x
     max_r = max(1, min(x.shape[-2], x.shape[-1]) - 1) if mode == "reflect" else None
     return separable_conv(x, gaussian_kernel1d(sigma, truncate, x, max_r), mode)
-
-
-def box_blur(x: Tensor, size: int) -> Tensor:
-    """cv2.blur with a ``size×size`` box (edge replication); ``size <= 1`` is the identity."""
-    if size <= 1:
-        return x
-    k = torch.full((size,), 1.0 / size, dtype=x.dtype, device=x.device)
-    if size % 2 == 0:  # keep the kernel centred: an even box becomes an odd one with half ends
-        k = torch.cat([k.new_tensor([0.5 / size]), k[1:], k.new_tensor([0.5 / size])])
-    return separable_conv(x, k)
 
 
 def conv2d_same(x: Tensor, kernel: Tensor, mode: str = "reflect") -> Tensor:

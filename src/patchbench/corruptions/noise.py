@@ -4,7 +4,8 @@ appendix; parameter tables from the authors' ``make_imagenet_c.py``).
 All four act per pixel and per channel, so none needs rescaling with image size. Each function
 takes a validated ``N×C×H×W`` float batch in ``[0, 1]``, an int severity 1–5 and a
 ``torch.Generator`` on the batch's device, and returns the unclamped corrupted batch (the
-registry clamps). Example::
+registry clamps). Inner-loop helpers: inputs are not validated;
+:func:`patchbench.corruptions.corrupt` checks them once. Example::
 
     g = torch.Generator().manual_seed(0)
     y = gaussian_noise(x, 3, g)

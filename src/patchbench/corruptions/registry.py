@@ -6,13 +6,12 @@ corruptions (speckle noise, Gaussian blur, spatter, saturate), grouped into the 
 """
 from __future__ import annotations
 
-from numbers import Integral
 from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
-from .._validation import check_images, make_generator
+from .._validation import check_images, check_int, make_generator
 from . import blur, digital, noise, weather
 
 CorruptionFn = Callable[[Tensor, int, torch.Generator], Tensor]
@@ -50,30 +49,29 @@ MAX_SEVERITY = 5
 
 def _resolve(name) -> str:
     if not isinstance(name, str):
-        raise TypeError(f"corruption name: expected a string, got {type(name).__name__}")
+        raise TypeError(f"name: expected a corruption name (str), got {type(name).__name__}; "
+                        f"one of: {', '.join(CORRUPTIONS)}")
     key = name.strip().lower().replace("-", "_").replace(" ", "_")
+    if key == "frost":
+        raise LookupError(f"name: {name!r} is not included (ImageNet-C's frost blends the "
+                          f"benchmark's frost photographs, which are not available offline); "
+                          f"expected one of: {', '.join(CORRUPTIONS)}")
     if key not in _FUNCS:
-        raise LookupError(f"unknown corruption {name!r}; expected one of: {', '.join(CORRUPTIONS)}")
+        raise LookupError(f"name: unknown corruption {name!r}; expected one of: {', '.join(CORRUPTIONS)}")
     return key
 
 
 def _check_severity(severity) -> int:
-    if isinstance(severity, bool) or not isinstance(severity, Integral):
-        raise ValueError(f"severity: expected an int in 0..{MAX_SEVERITY}, got {severity!r} "
-                         f"({type(severity).__name__})")
-    if not 0 <= int(severity) <= MAX_SEVERITY:
-        raise ValueError(f"severity: expected an int in 0..{MAX_SEVERITY}, got {int(severity)}")
-    return int(severity)
+    return check_int(severity, "severity", minimum=0, maximum=MAX_SEVERITY)
 
 
 def _generator(generator, device: torch.device) -> torch.Generator:
-    if generator is not None and not isinstance(generator, (torch.Generator, Integral)):
-        raise TypeError(f"generator: expected None, an int seed or a torch.Generator, got "
-                        f"{type(generator).__name__}")
-    g = make_generator(generator, device)
-    if torch.device(g.device).type != device.type:
-        raise ValueError(f"generator: lives on {g.device} but the images are on {device}; pass a "
-                         f"generator created with torch.Generator(device='{device.type}') or an int seed")
+    g = make_generator(generator, device, "generator")     # seeds go through check_seed
+    gdev = torch.device(g.device)
+    if gdev.type != device.type or (device.type == "cuda" and gdev.index is not None
+                                    and device.index is not None and gdev.index != device.index):
+        raise ValueError(f"generator: lives on {gdev} but the images are on {device}; pass a "
+                         f"generator created with torch.Generator(device='{device}') or an int seed")
     return g
 
 
@@ -87,17 +85,25 @@ def corrupt(x: Tensor, name: str, severity: int,
     Args:
         x: images ``N×C×H×W`` (or one ``C×H×W``), float in ``[0, 1]``, ``C`` = 1 or 3, any size;
             224² is where ImageNet-C's constants hold, other sizes are rescaled (module docstrings).
-        name: one of :data:`CORRUPTIONS` (``-`` and ``_`` are interchangeable).
+        name: one of :data:`CORRUPTIONS` (case-insensitive; ``-``, ``_`` and spaces are
+            interchangeable).
         severity: int 0–5; 0 returns an unchanged copy.
-        generator: ``torch.Generator`` on ``x``'s device, an int seed, or ``None`` (seed 0).
-            The same seed gives the same output.
+        generator: ``torch.Generator`` on ``x``'s device, an int seed in ``[0, 2**63-1]``, or
+            ``None`` (seed 0). The same seed gives the same output.
 
     Returns:
         the corrupted images, clamped to ``[0, 1]``, with ``x``'s shape, dtype and device.
 
     Raises:
-        LookupError: unknown name. ValueError: severity not an int in 0–5, bad image batch, or
-        a generator on another device. TypeError: non-tensor / non-float images.
+        LookupError: unknown name (the message lists the known ones). TypeError: a name that
+        is not a string, a severity that is not an integer (``2.5``, ``"3"``, ``True``),
+        non-tensor or non-float images, a seed that is not an int. ValueError: severity outside
+        0–5, images that are not ``N×C×H×W`` / ``C×H×W`` with C = 1 or 3, empty, NaN/Inf or
+        outside ``[0, 1]``, a negative or too large seed, a generator on another device.
+
+    The per-corruption functions in :mod:`~patchbench.corruptions.noise`, ``blur``, ``weather``
+    and ``digital`` are inner-loop helpers: they do not validate their inputs; this function
+    (and :func:`get`) checks everything once.
 
     Example::
 
@@ -108,10 +114,10 @@ def corrupt(x: Tensor, name: str, severity: int,
     key = _resolve(name)
     sev = _check_severity(severity)
     single = isinstance(x, Tensor) and x.dim() == 3
-    xb = check_images(x, "images", channels=(1, 3), allow_single=True)
+    xb = check_images(x, "x", channels=(1, 3), allow_single=True)
+    g = _generator(generator, xb.device)
     if sev == 0:
         return x.clone()
-    g = _generator(generator, xb.device)
     work = xb if xb.dtype in (torch.float32, torch.float64) else xb.float()
     out = _FUNCS[key](work, sev, g).clamp(0, 1).to(x.dtype)
     return out[0] if single else out

@@ -16,7 +16,8 @@ Size scaling (lengths in px at 224², multiplied by ``s = sqrt(H·W)/224``):
   distance-to-edge cap (20 px) and its 3×3 box blurs.
 
 Each function takes a validated ``N×C×H×W`` batch in ``[0, 1]``, an int severity 1–5 and a
-``torch.Generator`` on the batch's device. Example::
+``torch.Generator`` on the batch's device. They are inner-loop helpers: inputs are not
+validated; :func:`patchbench.corruptions.corrupt` checks them once. Example::
 
     y = fog(x, 3, torch.Generator().manual_seed(0))
 """
@@ -28,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._filters import (box_blur, colour, conv2d_same, gaussian_blur, motion_blur, side_scale,
-                       smoothed_noise, to_grey)
+from ._cv import box_sum, canny, chamfer_distance, equalize_hist, filter2d_u8
+from ._filters import colour, gaussian_blur, motion_blur, side_scale, smoothed_noise, to_grey
 
 #: (noise mean, noise std, flake zoom, threshold, motion radius, motion sigma, image blend).
 SNOW = ((0.1, 0.3, 3, 0.5, 10, 4, 0.8), (0.2, 0.3, 2, 0.5, 12, 4, 0.7), (0.55, 0.3, 4, 0.9, 12, 8, 0.7),
@@ -83,14 +84,19 @@ def _flake_layer(n: int, h: int, w: int, s: float, loc: float, scale: float, zoo
     """Thresholded flake noise ``N×1×H×W``. On small images the non-linear steps (zoomed noise,
     threshold, clip) run on a finer grid (at most the 224²-equivalent one) on which a flake spans
     ≥ 2 cells as it does at 224², then the layer is area-downsampled: flake size and coverage
-    match ImageNet-C's at any resolution. The (linear) motion blur comes after, at the image's size."""
+    match ImageNet-C's at any resolution. The (linear) motion blur comes after, at the image's size.
+
+    The zoom is corner-aligned linear interpolation, as ``scipy.ndimage.zoom(order=1)`` in
+    ImageNet-C's ``clipped_zoom``: its sample positions drift through all sub-pixel fractions,
+    while half-pixel sampling would hit fixed fractions (0, 1/3, 2/3 at zoom 3; 1/4, 3/4 at
+    zoom 2) and change the flake field's variance, hence the snow cover, by +12 % / −11 %."""
     up = max(1, math.ceil(min(1.0 / s, 2.0 / (zoom * s)) - 1e-9))   # integer supersampling
     hr, wr = h * up, w * up
     z = zoom * s * up
     hs, ws = math.ceil(hr / z), math.ceil(wr / z)
     flakes = torch.randn(n, 1, hs, ws, generator=g, device=ref.device, dtype=ref.dtype) * scale + loc
     big = F.interpolate(flakes, size=(max(hr, round(hs * z)), max(wr, round(ws * z))),
-                        mode="bilinear", align_corners=False)
+                        mode="bilinear", align_corners=True)
     top, left = (big.shape[-2] - hr) // 2, (big.shape[-1] - wr) // 2
     layer = big[..., top:top + hr, left:left + wr]
     layer = layer.masked_fill(layer < thr, 0.0).clamp_(0, 1)
@@ -110,55 +116,25 @@ def snow(x: Tensor, severity: int, g: torch.Generator) -> Tensor:
     return x + layer + layer.flip(-2, -1)
 
 
-def _dilate(m: Tensor, square: bool) -> Tensor:
-    """3×3 (``square``) or plus-shaped binary dilation by shifted maxima (≈8× faster on CPU
-    than ``max_pool2d``)."""
-    p = F.pad(m, (1, 1, 1, 1))
-    vert = torch.maximum(torch.maximum(p[..., :-2, :], p[..., 1:-1, :]), p[..., 2:, :])
-    if square:
-        return torch.maximum(torch.maximum(vert[..., :-2], vert[..., 1:-1]), vert[..., 2:])
-    horiz = torch.maximum(torch.maximum(p[..., 1:-1, :-2], p[..., 1:-1, 1:-1]), p[..., 1:-1, 2:])
-    return torch.maximum(vert[..., 1:-1], horiz)
-
-
-def _truncated_edge_distance(edges: Tensor, cap: int) -> Tensor:
-    """Distance (px, octagonal metric ≈ L2) from every pixel to the nearest edge pixel, capped.
-    Alternating square and plus-shaped growth gives the octagonal distance."""
-    dist = torch.full_like(edges, float(cap))
-    reached = edges
-    dist[reached > 0] = 0
-    for k in range(1, cap):
-        grown = _dilate(reached, square=bool(k % 2))
-        dist = torch.where((grown > 0) & (reached == 0), torch.full_like(dist, float(k)), dist)
-        reached = grown
-    return dist
-
-
-def _equalise(v: Tensor) -> Tensor:
-    """Per-image histogram equalisation (cv2.equalizeHist) of ``N×1×H×W`` values, into [0, 1]."""
-    n = v.shape[0]
-    flat = v.reshape(n, -1)
-    srt = flat.sort(1).values
-    cdf = torch.searchsorted(srt, flat.contiguous(), right=True).to(v.dtype)
-    cmin = torch.searchsorted(srt, srt[:, :1].contiguous(), right=True).to(v.dtype)
-    out = (cdf - cmin) / (flat.shape[1] - cmin).clamp_min(1)
-    return out.clamp(0, 1).view_as(v)
-
-
 def _water(x: Tensor, liquid: Tensor, intensity: float, s: float) -> Tensor:
-    """ImageNet-C's water spatter without OpenCV: edges of the liquid blobs (Canny there), a
-    distance-to-edge map capped at 20 px, histogram equalisation, an emboss filter (clipped like
-    an 8-bit image), 3×3 box blurs; the liquid-weighted result tints the image pale turquoise."""
-    wet = (liquid > 0).to(x.dtype)
-    rim = _dilate(wet, square=True) - wet       # one-pixel edge just outside every blob (Canny's)
-    dist = _truncated_edge_distance(rim, max(1, round(20 * s)))
+    """ImageNet-C's water spatter, step for step on the 8-bit liquid layer as there: Canny edges
+    of the blobs, the chamfer distance to them truncated at 20 px, a box blur floored to 8 bits,
+    histogram equalisation, the emboss filter and a second box blur in 8-bit arithmetic; the
+    8-bit liquid times that map, scaled to a maximum of ``intensity``, tints the image pale
+    turquoise. Distances are in px of a 224² image (``unit = s``) and the box side is
+    ``round(3·s)``, so the 8-bit levels the equalisation sees are ImageNet-C's at any size; the
+    edges and the emboss act per pixel, as there."""
+    u8 = (liquid.clamp(0, 1) * 255).floor().float()        # (liquid * 255).astype(np.uint8)
     box = max(1, round(3 * s))
-    dist = _equalise(box_blur(dist, box))
-    emboss = torch.tensor(_EMBOSS, dtype=x.dtype, device=x.device)
-    dist = conv2d_same(dist, emboss, mode="replicate").clamp(0, 1)
-    m = liquid.clamp(0, 1) * box_blur(dist, box)
-    m = m / m.amax((2, 3), keepdim=True).clamp_min(1e-12) * intensity
-    return x + m * colour(WATER_RGB, x.shape[1], x)
+    area = float(box * box)
+    dist = chamfer_distance(canny(u8), 20.0, unit=s)
+    dist = (box_sum(dist.double(), box) * (1.0 / area)).float().floor()   # cv2.blur → uint8
+    dist = equalize_hist(dist)
+    dist = filter2d_u8(dist, torch.tensor(_EMBOSS, dtype=dist.dtype, device=dist.device))
+    dist = (box_sum(dist, box) / area).round()              # cv2.blur on uint8 rounds
+    m = u8 * dist
+    m = m / m.amax((2, 3), keepdim=True).clamp_min(1.0) * intensity
+    return x + m.to(x.dtype) * colour(WATER_RGB, x.shape[1], x)
 
 
 def spatter(x: Tensor, severity: int, g: torch.Generator) -> Tensor:

@@ -240,8 +240,11 @@ class DefensivePatch:
         """Read a patch written by :meth:`save` (``FileNotFoundError`` / ``ValueError`` if unusable)."""
         path = check_path(path, "DefensivePatch.load: path")
         check_device(device, "DefensivePatch.load: device")
+        from ..models.weights import is_shipped_asset, load_file, verify_asset
+        if is_shipped_asset(path):
+            verify_asset(path)
+        obj = load_file(path, "DefensivePatch.load: path", map_location=device)
         try:
-            obj = torch.load(path, map_location=device, weights_only=True)
             meta = json.loads(obj["meta"])
             patches, mask = obj["patches"], obj["mask"]
             classes, class_ids, placement = meta["classes"], meta["class_ids"], meta["placement"]

@@ -192,6 +192,22 @@ def load_file(path, name: str = "weights", map_location="cpu"):
                          f"({type(e).__name__}: {_first_line(e)})") from e
 
 
+def load_cache(path, name: str = "cache", map_location="cpu"):
+    """A cache file written by patchbench itself, or ``None`` when it is missing or unreadable
+    (damaged by a crash or a full disk): the caller recomputes it. An unreadable file is reported
+    with a warning naming it, and left for the caller to overwrite."""
+    import warnings
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return load_file(path, name, map_location=map_location)
+    except ValueError as e:
+        warnings.warn(f"{e}; recomputing it", RuntimeWarning, stacklevel=2)
+        return None
+
+
 def _unsafe_global(message: str) -> Optional[str]:
     """The class a weights-only unpickler refused (``None`` when it refused garbage bytes)."""
     m = re.search(r"GLOBAL ([\w.]+)", message) or re.search(r"([\w.]+) was not an allowed global",

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from ..evaluation import evaluate
 from ..metrics import classification as M
+from ..models.weights import load_cache
 
 ATTACK_LABELS = {"masked-pgd": "MPGD", "masked-apgd": "MAPGD", "masked-cw": "MCW"}
 
@@ -129,9 +130,8 @@ class CellRunner:
         if key in self._attacks:
             return self._attacks[key]
         path = self.cache_dir / f"attack_{key}.pt"
-        if path.is_file():
-            res = torch.load(path, map_location=self.x.device, weights_only=True)
-        else:
+        res = load_cache(path, "DO attack cache", map_location=self.x.device)
+        if not isinstance(res, dict) or not {"x_adv", "mask"} <= set(res):
             r = build_attack(attack, steps).run(self.model, self.x, self.y, self.threat_for(area),
                                                 generator=seed)
             res = {"x_adv": r.x_adv.detach(), "mask": r.mask.detach(), "spec": json.dumps(spec)}

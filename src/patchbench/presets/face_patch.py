@@ -53,6 +53,7 @@ from ..data.faces import composite_faces, real_faces
 from ..metrics.detection import (afbeta, average_precision, count_patch_detections, precision_recall,
                                  threshold_fbeta_curve)
 from ..models.mtcnn import load_mtcnn
+from ..models.weights import load_cache
 
 BETAS = (0.001, 0.01, 0.1, 0.5)             # Fig. 8
 UNOPTIMISED = ("noise", "natural", "face")  # Table 1's "w/o" rows (our three initialisations)
@@ -103,10 +104,10 @@ def _trained_patch(a, strategy: str, detector, train, folder: Path):
                    patch_size=a.patch_size, delta=a.delta)
     key = {"attack": fp.config(), "n_train": a.n_train, "size": a.size, "seed": a.seed}
     path = folder / f"{strategy}.pt"
-    if path.is_file():
-        cached = torch.load(path, map_location="cpu", weights_only=True)
-        if cached.get("key") == key:
-            return cached["patch"], cached["history"], cached["seconds"]
+    cached = load_cache(path, "face-patch cache")
+    if isinstance(cached, dict) and cached.get("key") == key and \
+            {"patch", "history", "seconds"} <= set(cached):
+        return cached["patch"], cached["history"], cached["seconds"]
     t0 = time.perf_counter()
     patch = fp.fit(detector, train.images.to(a.device), train.boxes, generator=a.seed,
                    checkpoint=folder / f"{strategy}.ckpt", verbose=True)

@@ -31,6 +31,7 @@ from .._validation import (check_bool, check_device, check_images, check_int, ch
                            check_nonnegative, check_number, check_path, check_positive,
                            check_positive_int, check_seed, trusted_inputs)
 from ..models import zoo
+from ..models.weights import load_file, load_state_dict_checked
 from .checkpoint import load_checkpoint, save_checkpoint, save_weights
 
 
@@ -319,14 +320,12 @@ def _load_init(model, arch: str, init, device) -> None:
         path = Path(init)
         if not path.is_file():
             raise FileNotFoundError(f"init: weights file {path} does not exist (or pass 'pretrained')")
-        try:
-            state = torch.load(path, map_location=device, weights_only=True)
-        except Exception as e:  # noqa: BLE001 - a wrong file fails in many ways
-            raise ValueError(f"init: {path} is not a weights file ({type(e).__name__}: {e})") from e
-    try:
-        model.net.load_state_dict(state)
-    except (RuntimeError, TypeError, AttributeError) as e:
-        raise ValueError(f"init: {init} does not fit {arch!r} ({type(e).__name__}: {str(e)[:300]})") from e
+        state = load_file(path, "init", map_location=device)
+        if isinstance(state, dict) and isinstance(state.get("model"), dict):
+            state = state["model"]          # a training checkpoint: its model weights
+        if not isinstance(state, dict):
+            raise ValueError(f"init: {path} holds a {type(state).__name__}, not a state dict")
+    load_state_dict_checked(model.net, state, f"init: {init}", f"{arch!r}")
 
 
 def main_train_classifier(argv: Optional[Sequence[str]] = None) -> int:

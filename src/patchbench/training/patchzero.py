@@ -45,6 +45,7 @@ from .._validation import (check_bool, check_choice, check_device, check_fractio
 from ..defenses.base import Defended
 from ..defenses.patchzero import PatchZero
 from ..metrics.segmentation import PixelConfusion
+from ..models.weights import load_cache, load_file, load_state_dict_checked
 
 _ATTACK_MODULES = {"masked-pgd": "masked_pgd", "masked-apgd": "masked_apgd", "masked-cw": "masked_cw"}
 #: deepest U-Net on 28×28 images: 28 → 14 → 7 → 4 → 2 (padded to a multiple of 2^depth)
@@ -296,8 +297,8 @@ def stage1_attacks(cfg: PatchZeroTrainConfig, classifier, x: Tensor, y: Tensor, 
         "lr", "lr_stage2", "lr_schedule", "aux_weight", "pos_weight", "dilation", "unet_base", "unet_depth",
         "batch_size",
         "adaptive_steps")}
-    cache = torch.load(path, weights_only=True) if path.is_file() else None
-    if cache is None or cache["key"] != key:
+    cache = load_cache(path, "stage-1 attack cache")
+    if not isinstance(cache, dict) or cache.get("key") != key or not {"done", "x_adv", "mask"} <= set(cache):
         cache = dict(key=key, done=0, x_adv=x.clone(), mask=torch.zeros(x.shape[0], 1, *x.shape[-2:],
                                                                       dtype=torch.bool))
     dev = torch.device(cfg.device)
@@ -414,12 +415,20 @@ def train_patchzero(config: PatchZeroTrainConfig, out_dir, resume: bool = True) 
     state_path = out / "train_state.pt"
     state = dict(stage=1, epoch=0, history=[])
     if resume and state_path.is_file():
-        saved = torch.load(state_path, map_location=dev, weights_only=True)
+        saved = load_file(state_path, "PatchZero training state", map_location=dev)
+        keys = ("config", "detector", "optimizer", "stage", "epoch", "history")
+        if not isinstance(saved, dict) or not set(keys) <= set(saved):
+            raise ValueError(f"{state_path}: not a PatchZero training state (expected the entries "
+                             f"{', '.join(keys)}); use another out_dir or resume=False")
         if saved["config"] != cfg.identity():
             raise ValueError(f"{out} holds a PatchZero run with a different config; use another "
                              f"out_dir or resume=False")
-        detector.load_state_dict(saved["detector"])
-        opt.load_state_dict(saved["optimizer"])
+        load_state_dict_checked(detector, saved["detector"], state_path, "the PatchZero detector")
+        try:
+            opt.load_state_dict(saved["optimizer"])
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise ValueError(f"{state_path}: the optimizer state does not fit this detector "
+                             f"({e}); use another out_dir or resume=False") from e
         state = dict(stage=saved["stage"], epoch=saved["epoch"], history=saved["history"])
 
     def defense() -> PatchZero:
