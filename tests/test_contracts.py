@@ -10,8 +10,10 @@ added to a registry later is covered without a new test:
 * defenses: the declared gradient rule honoured (exact rules give finite gradients, ``bpda-identity``
   passes the upstream gradient unchanged) and deterministic defenses declared as such.
 
-A registered defense that needs more than its defaults to be built (a model, a detector, an image
-size) gets one line in ``DEFENSE_CONTEXT``; the registry test fails until it has one.
+Each attack runs on its own task (``attack.task``): classification attacks on a small CNN, the
+face-hiding patch on MTCNN and a small face photo. Every defense is built by the registry from one
+:class:`~patchbench.defenses.BuildContext` (the model, image size, patch area); a defense that needs
+an option the context cannot give (PatchZero's detector) gets one line in ``DEFENSE_OPTIONS``.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import pytest
 import torch
 from torch import nn
 
-from patchbench import attacks, corruptions, defenses
+from patchbench import attacks, corruptions, defenses, tasks
 from patchbench.metrics import success_rate
 from patchbench.models import zoo
 from patchbench.models.base import ImageClassifier
@@ -57,29 +59,76 @@ _FAST = {"steps": 3, "epochs": 2, "iterations": 3, "restarts": 1, "batch_size": 
          "binary_steps": 1, "eot_samples": 1}
 
 
+_FAST_FACE = {"epochs": 1, "patch_size": 12, "batch_size": 2, "stages": ("onet",)}
+
+
 def _fast_attack(name: str):
     params = inspect.signature(attacks.get.__globals__["_ATTACKS"]._classes[name]).parameters
-    return attacks.get(name, **{k: v for k, v in _FAST.items() if k in params})
+    fast = _FAST_FACE if _task(name) == "face-detection" else _FAST
+    return attacks.get(name, **{k: v for k, v in fast.items() if k in params})
+
+
+def _task(name: str) -> str:
+    return tasks.get(attacks.get.__globals__["_ATTACKS"].lookup(name).task).name
+
+
+@functools.lru_cache(maxsize=None)
+def _detector(device: str = "cpu"):
+    from patchbench.models.mtcnn import load_mtcnn
+    return load_mtcnn(device=device)
+
+
+def _faces(device: str = "cpu"):
+    """Two 64×64 crops of the astronaut photo (face ≈ 20×24 px) and their face boxes."""
+    import torch.nn.functional as F
+    from patchbench.data.faces import ASTRONAUT_FACE_BOX, real_faces
+    x = F.interpolate(real_faces().images, size=(112, 112), mode="area")
+    box = torch.tensor([ASTRONAUT_FACE_BOX]) * 112 / 512
+    x = torch.cat([x[..., 8:72, 24:88], x[..., 12:76, 28:92]]).contiguous()
+    boxes = [box - torch.tensor([24.0, 8, 24, 8]), box - torch.tensor([28.0, 12, 28, 12])]
+    return x.to(device), boxes
+
+
+def _face_attack_contract(name, device):
+    det = _detector(device)
+    x, y = _faces(device)
+    res = _fast_attack(name).run(det, x, y, None, generator=torch.Generator().manual_seed(3))
+    again = _fast_attack(name).run(det, x, y, None, generator=torch.Generator().manual_seed(3))
+    _common_attack_checks(res, again, x, device)
+    task = tasks.get("face-detection")
+    assert res.success.dtype == torch.bool and res.success.shape == (x.shape[0],)
+    truth = task.success(det.detect(res.x_adv), y, res.info["patch_boxes"], _fast_attack(name).delta)
+    assert torch.equal(res.success.cpu(), truth), "success must be true of the returned images"
+    assert res.rate.k == int((res.success & res.eligible).sum()) and res.rate.n == int(res.eligible.sum())
+
+
+def _common_attack_checks(res, again, x, device):
+    assert res.x_adv.shape == x.shape and res.x_adv.dtype == torch.float32
+    assert res.x_adv.device.type == device
+    assert float(res.x_adv.min()) >= 0.0 and float(res.x_adv.max()) <= 1.0
+    assert res.mask.shape == (x.shape[0], 1, *x.shape[-2:])
+    outside = (res.mask == 0).expand_as(x)
+    assert torch.equal(res.x_adv[outside], x[outside]), "pixels outside the mask changed"
+    assert torch.equal(res.x_adv, again.x_adv), "same seed, different images"
+    assert torch.equal(res.success, again.success)
+
+
+def test_every_attack_runs_on_a_known_task():
+    assert {_task(name) for name in attacks.names()} <= {"classification", "face-detection"}
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", attacks.names())
 def test_attack_contract(name, device):
+    if _task(name) == "face-detection":
+        return _face_attack_contract(name, device)
     model = _model(device)
     x = _images(device=device)
     y = _labels(model, x)
     threat = Threat(area=0.1, shape="square", placement="random")
     res = _fast_attack(name).run(model, x, y, threat, generator=torch.Generator().manual_seed(3))
     again = _fast_attack(name).run(model, x, y, threat, generator=torch.Generator().manual_seed(3))
-
-    assert res.x_adv.shape == x.shape and res.x_adv.dtype == torch.float32
-    assert res.x_adv.device.type == device
-    assert float(res.x_adv.min()) >= 0.0 and float(res.x_adv.max()) <= 1.0
-    assert res.mask.shape == (x.shape[0], 1, SIZE, SIZE)
-    outside = (res.mask == 0).expand_as(x)
-    assert torch.equal(res.x_adv[outside], x[outside]), "pixels outside the mask changed"
-    assert torch.equal(res.x_adv, again.x_adv), "same seed, different images"
-    assert torch.equal(res.success, again.success)
+    _common_attack_checks(res, again, x, device)
 
     pred_adv = _labels(model, res.x_adv)
     assert res.success.dtype == torch.bool and res.success.shape == (x.shape[0],)
@@ -91,6 +140,11 @@ def test_attack_contract(name, device):
 
 @pytest.mark.parametrize("name", attacks.names())
 def test_targeted_attack_success_is_reaching_the_target(name):
+    if _task(name) == "face-detection":   # hiding faces has no target: asking for one is an error
+        x, y = _faces()
+        with pytest.raises(ValueError, match="target"):
+            _fast_attack(name).run(_detector(), x, y, None, target=torch.zeros(2, dtype=torch.long))
+        return
     model = _model()
     x = _images()
     y = _labels(model, x)
@@ -113,18 +167,19 @@ def _unet():
     return UNet(3, base=4).eval()
 
 
-#: builders for registered defenses that need more than their defaults (issue 13 will move these
-#: into the registry as context-taking builders)
-DEFENSE_CONTEXT = {
-    "slgs": lambda: defenses.SLGS(_model(), window=8, overlap=2),
-    "wlgs": lambda: defenses.WLGS(_model(), window=8, overlap=2),
-    "patchcleanser": lambda: defenses.PatchCleanser(patch_size=0.1, image_size=SIZE, k=3),
-    "patchzero": lambda: defenses.PatchZero(_unet()),
+#: options of registered defenses beyond what the context gives (smaller windows for 32² images,
+#: fewer PatchCleanser masks, an untrained U-Net as PatchZero's detector)
+DEFENSE_OPTIONS = {
+    "slgs": lambda: dict(window=8, overlap=2),
+    "wlgs": lambda: dict(window=8, overlap=2),
+    "patchcleanser": lambda: dict(k=3),
+    "patchzero": lambda: dict(detector=_unet()),
 }
 
 
 def _defense(name: str):
-    return DEFENSE_CONTEXT[name]() if name in DEFENSE_CONTEXT else defenses.get(name)
+    ctx = defenses.BuildContext(model=_model(), image_size=(SIZE, SIZE), channels=3, patch_area=0.1)
+    return defenses.build(name, ctx, **DEFENSE_OPTIONS.get(name, dict)())
 
 
 def test_every_registered_defense_can_be_built():
@@ -140,7 +195,7 @@ def test_every_registered_defense_can_be_built():
 @torch.no_grad()
 def _defended_scores(name, d, model, x):
     if name == "gt-mask":
-        d.set_mask(torch.zeros_like(x[:, :1]))
+        d = d.with_mask(torch.zeros_like(x[:, :1]))
     if d.output == "image":
         return d(x), d.classify(model, x)
     return None, d.classify(model, x)
@@ -172,7 +227,7 @@ def test_defense_gradient_rule_is_honoured(name):
     if name == "gt-mask":
         m = torch.zeros_like(x[:, :1])
         m[..., 4:12, 4:12] = 1
-        d.set_mask(m)
+        d = d.with_mask(m)
     target = defenses.Defended(model, d, eot_samples=1)
     target.attack_mode = True
     target(x).logsumexp(1).sum().backward()

@@ -191,10 +191,11 @@ def test_gt_mask_oracle_restores_the_clean_prediction():
     assert model(x_adv).argmax(1).tolist() == [1, 1]
     oracle = GTMaskOracle(fill=0.5)
     assert model(oracle(x_adv, mask=mask)).argmax(1).tolist() == [0, 0]
-    target = Defended(model, oracle.set_mask(mask))
+    bound = oracle.with_mask(mask)          # the oracle for these images (it knows their mask)
+    target = Defended(model, bound)
     assert target.predict(x_adv)[0].tolist() == [0, 0]
     # pixels outside the mask are untouched; inside they are the dataset mean
-    out = oracle(x_adv)
+    out = bound(x_adv)
     assert torch.equal(out[mask == 0], x_adv[mask == 0])
     assert (out[mask == 1] == 0.5).all()
     # an adaptive attacker gets no gradient through the patch pixels
@@ -209,7 +210,7 @@ def test_gt_mask_oracle_fill_and_errors():
     m[..., :2, :2] = 1
     out = GTMaskOracle()(x, mask=m)                    # ImageNet mean by default for RGB
     torch.testing.assert_close(out[0, :, 0, 0], torch.tensor([0.485, 0.456, 0.406]))
-    with pytest.raises(ValueError, match="no mask set"):
+    with pytest.raises(ValueError, match="does not know where the patch is"):
         GTMaskOracle()(x)
     with pytest.raises(ValueError, match="mask"):
         GTMaskOracle()(x, mask=torch.zeros(3, 1, 8, 8))

@@ -136,7 +136,7 @@ def test_jpeg_helpers_reject_non_tensors_and_bad_images(fn):
 
 def test_every_purifier_rejects_bad_images_with_a_named_argument():
     model = tiny_model()
-    oracle = GTMaskOracle().set_mask(torch.zeros(1, 1, 16, 16))
+    oracle = GTMaskOracle().with_mask(torch.zeros(1, 1, 16, 16))
     for d in (LGS(), SLGS(model), WLGS(model), JPEG(), MedianFilter(), GaussianFilter(), oracle):
         with pytest.raises(TypeError, match="input x"):
             d(None)
@@ -160,13 +160,13 @@ def test_gt_mask_oracle_checks_its_mask():
     with pytest.raises(ValueError, match="0 or 1"):
         oracle(x, mask=torch.full((2, 1, 8, 8), 0.5))
     with pytest.raises(ValueError, match="0 or 1"):
-        oracle.set_mask(torch.full((2, 1, 8, 8), NAN))
+        oracle.with_mask(torch.full((2, 1, 8, 8), NAN))
     with pytest.raises(ValueError, match="mask"):
         oracle(x, mask=torch.zeros(2, 1, 4, 4))
     with pytest.raises(TypeError, match="mask"):
         oracle(x, mask=np.zeros((2, 1, 8, 8)))
     with pytest.raises(ValueError, match="mask"):
-        oracle.set_mask(torch.zeros(2, 1, 4, 4))(x)
+        oracle.with_mask(torch.zeros(2, 1, 4, 4))(x)
     torch.testing.assert_close(GTMaskOracle()(x, mask=torch.zeros(8, 8)), x)
     with pytest.raises(ValueError, match="fill"):
         GTMaskOracle(fill=[])

@@ -10,11 +10,17 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = ("patches", "models", "data", "attacks", "defenses", "defensive", "corruptions",
-               "training", "metrics", "bench")
+               "training", "metrics", "bench", "tasks")
 
 
 _FUNCTIONS = {"Threat": ("patches.threat", "Threat"), "evaluate": ("evaluation", "evaluate"),
-              "Evaluation": ("evaluation", "Evaluation")}
+              "Evaluation": ("evaluation", "Evaluation"),
+              # pb.list(kind): the names of models, attacks, defenses, corruptions, datasets, tasks
+              # or experiments (patchbench._registry.list_names)
+              "list": ("_registry", "list_names")}
+
+# Looked up on every use, never cached in this module's globals, where it would shadow the builtin.
+_UNCACHED = frozenset({"list"})
 
 
 def __getattr__(name):
@@ -26,6 +32,8 @@ def __getattr__(name):
     elif name in _FUNCTIONS:
         module, attr = _FUNCTIONS[name]
         obj = getattr(importlib.import_module(f"{__name__}.{module}"), attr)
+        if name in _UNCACHED:
+            return obj
     else:
         raise AttributeError(f"module 'patchbench' has no attribute {name!r}")
     globals()[name] = obj

@@ -13,7 +13,7 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -22,9 +22,9 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 
 def _atomic_write(path: PathLike, write: Callable, binary: bool) -> Path:
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"path: {str(path)!r} is a directory, expected a file")
+    from ._validation import check_path
+    path = check_path(path, "path", kind="file", must_exist=False).expanduser()
+    check_path(path, "path", kind="file", must_exist=False)   # "~/dir" is a directory too
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -46,11 +46,15 @@ def _atomic_write(path: PathLike, write: Callable, binary: bool) -> Path:
 
 def atomic_write_text(path: PathLike, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically; returns the path."""
+    if not isinstance(text, str):
+        raise TypeError(f"text: expected a str, got {type(text).__name__}")
     return _atomic_write(path, lambda f: f.write(text), binary=False)
 
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically; returns the path."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"data: expected bytes, got {type(data).__name__}")
     return _atomic_write(path, lambda f: f.write(data), binary=True)
 
 
@@ -77,8 +81,8 @@ def weights_fingerprint(model: nn.Module, length: int = 16) -> str:
     return h.hexdigest()[:length]
 
 
-def file_fingerprint(path: PathLike, length: int = 16) -> str:
-    """Short sha256 of a file's bytes (read in 1 MiB chunks)."""
+def file_fingerprint(path: PathLike, length: Optional[int] = 16) -> str:
+    """Short sha256 of a file's bytes (read in 1 MiB chunks); ``length=None``: the full hex digest."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -95,10 +99,13 @@ def config_fingerprint(config, length: int = 20) -> str:
 
 @torch.no_grad()
 def predict_batched(model: Callable[[Tensor], Tensor], x: Tensor, batch_size: int = 256,
-                    reduce: Optional[Callable[[Tensor], Tensor]] = None) -> Tensor:
+                    reduce: Optional[Callable[[Tensor], Union[Tensor, Tuple[Tensor, ...]]]] = None
+                    ) -> Union[Tensor, Tuple[Tensor, ...]]:
     """``model`` on ``x`` in eval mode without gradients, ``batch_size`` images at a time, outputs
-    concatenated (``reduce``, e.g. ``lambda z: z.argmax(-1)``, is applied per batch). Batches move to
-    the model's device and results come back to ``x``'s; the training flag is restored afterwards.
+    concatenated (``reduce``, e.g. ``lambda z: z.argmax(-1)``, is applied per batch; it may return a
+    tuple of tensors, concatenated one by one). Batches move to the model's device and results come
+    back to ``x``'s; the training flag is restored afterwards. An empty ``x`` runs ``model`` once
+    (so it can still refuse a bad shape) and gives empty outputs.
 
     Inner helper: ``x`` and ``batch_size`` are not validated (public callers check them first).
     """
@@ -108,14 +115,17 @@ def predict_batched(model: Callable[[Tensor], Tensor], x: Tensor, batch_size: in
         model.eval()
     param = next(model.parameters(), None) if is_module else None
     dev = param.device if param is not None else x.device
+    def run(xb: Tensor):
+        z = model(xb.to(dev))
+        z = reduce(z) if reduce is not None else z
+        return tuple(t.to(x.device) for t in z) if isinstance(z, tuple) else z.to(x.device)
+
     try:
-        outs = []
-        for i in range(0, x.shape[0], batch_size):
-            z = model(x[i:i + batch_size].to(dev))
-            outs.append((reduce(z) if reduce is not None else z).to(x.device))
+        outs = [run(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)]
         if not outs:
-            z = model(x.to(dev))
-            return (reduce(z) if reduce is not None else z).to(x.device)
+            return run(x)
+        if isinstance(outs[0], tuple):
+            return tuple(torch.cat(parts) for parts in zip(*outs))
         return torch.cat(outs)
     finally:
         if is_module:

@@ -69,7 +69,7 @@ def run_attack_command(model: str, attack: str, area: float, shape: str, images:
     from . import models
     from ._validation import check_device, check_fraction, check_int, check_path, check_seed
     from .data.folders import load_images
-    from .metrics.classification import accuracy, success_rate
+    from .evaluation import evaluate
     from .patches import Threat
 
     device = check_device(device, "--device")
@@ -116,10 +116,11 @@ def run_attack_command(model: str, attack: str, area: float, shape: str, images:
             paths = [p for p, k in zip(paths, keep.tolist()) if k]
         tgt = torch.full_like(pred, target)
     print(f"attacking {x.shape[0]} images with {atk!r} at {area:.1%} {shape} patches", flush=True)
-    res = atk.run(net, x, pred, threat, target=tgt, generator=torch.Generator().manual_seed(seed))
+    # one evaluation cell, the model's own answers as labels: robust accuracy = unchanged answers
+    ev = evaluate(net, x, pred, atk, None, threat, generator=torch.Generator().manual_seed(seed),
+                  target=tgt)
+    res, asr, changed = ev.result, ev.asr, ev.robust
     p_adv, c_adv = net.predict(res.x_adv)
-    asr = success_rate(pred, p_adv, pred, target=tgt)
-    changed = accuracy(p_adv, pred)
     rows = [{"model": model, "attack": attack, "patch_area": area, "shape": shape, "n": x.shape[0],
              "target": target, "success_rate": asr.value, "success_ci": [asr.lo, asr.hi],
              "unchanged_rate": changed.value}]

@@ -147,6 +147,41 @@ def _cmd_evaluate(args, rest: List[str]) -> int:
     return 0
 
 
+def _cmd_run(args) -> int:
+    from .bench import config as C
+    from .bench.runner import run_experiment
+
+    exp = C.load(args.experiment)               # validated before anything runs
+    if args.out is None:
+        args.out = f"runs/{exp.name}"
+    summary = run_experiment(exp, args.out, executor=args.executor, address=args.address,
+                             only=args.only, dry_run=args.dry_run)
+    if not args.dry_run:
+        from .bench.pages import build_report
+        try:
+            page = build_report([summary.out_dir])
+            where = f"report {page}"
+        except Exception as e:  # noqa: BLE001 - the results are stored; the page can be rebuilt
+            where = f"the report failed ({_one_line(e)}); rebuild it with patchbench report {summary.out_dir}"
+        print(f"results: {summary.out_dir / 'results.db'} (results.json, results.csv); {where}")
+    print(summary.line(), flush=True)
+    return 0
+
+
+def _cmd_report(args, rest: List[str]) -> int:
+    from .bench.pages import main_report
+
+    return int(main_report(rest) or 0)
+
+
+def _cmd_list(args) -> int:
+    import patchbench as pb
+
+    for name in pb.list(args.kind):
+        print(name)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="patchbench",
                        description="Attack, defend and benchmark vision models against physical patches.")
@@ -190,6 +225,35 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default=None, type=out_dir_arg,
                    help="output folder (default reports/<preset>)")
     e.set_defaults(func=_cmd_evaluate, takes_rest=True, parser=e)
+
+    r = sub.add_parser("run", help="run an experiment file (or a bundled one) into a results store",
+                       description="Run every cell of an experiment not yet done in OUT/results.db "
+                                   "(a killed run resumes), then export results.json/results.csv.")
+    r.add_argument("experiment", metavar="NAME|FILE.toml",
+                   help="a bundled experiment (patchbench list experiments) or a TOML file")
+    r.add_argument("--out", default=None, type=out_dir_arg,
+                   help="run folder (default runs/<experiment name>)")
+    r.add_argument("--executor", default="local", choices=["local", "ray"],
+                   help="local (this process, default) or ray (one task per cell)")
+    r.add_argument("--address", default=None,
+                   help="ray: a cluster to join ('auto' or HOST:PORT; default: start a local one)")
+    r.add_argument("--only", default=None, metavar="PATTERN",
+                   help="only cells whose label (or key) matches this glob / substring")
+    r.add_argument("--dry-run", action="store_true",
+                   help="list the cells and artifacts with a cost estimate, compute nothing")
+    r.set_defaults(func=_cmd_run)
+
+    # add_help=False: `patchbench report --help` reaches the report's own parser
+    rp = sub.add_parser("report", add_help=False,
+                        help="rebuild the HTML report of one or more run folders (DIR [DIR ...] "
+                             "[--out DIR] [--open])")
+    rp.set_defaults(func=_cmd_report, takes_rest=True, parser=rp)
+
+    ls = sub.add_parser("list", help="list the registered names of a kind",
+                        description="Names accepted in experiment files and on the command line.")
+    ls.add_argument("kind", choices=["models", "attacks", "defenses", "corruptions", "datasets",
+                                     "tasks", "experiments"])
+    ls.set_defaults(func=_cmd_list)
     return p
 
 

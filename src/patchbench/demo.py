@@ -42,22 +42,22 @@ def _row(model_name, dataset, attack, area, n, clean, robust, **extra) -> dict:
 
 def _masked_pgd_rows(model, model_name: str, dataset: str, x, y, rep: Report, rows: List[dict],
                      prog: _Progress, steps: int, seed: int, show: int, min_side: int) -> None:
-    """Masked PGD at every demo area: one results row and one gallery (clean / patched / mask) each."""
+    """Masked PGD at every demo area (one evaluation cell each, :func:`patchbench.evaluate`): one
+    results row and one gallery (clean / patched / mask) each."""
     from . import attacks
-    from .metrics.classification import accuracy, success_rate
+    from .evaluation import evaluate
     from .patches import Threat
 
-    pred, conf = model.predict(x)
-    clean = accuracy(pred, y)
+    pred, conf = model.predict(x)   # the gallery's captions
     g = torch.Generator().manual_seed(seed)
     for area in AREAS:
         threat = Threat(area=area, shape="square", placement="random")
-        res = attacks.MaskedPGD(steps=steps, early_stop=True).run(model, x, y, threat, generator=g)
+        ev = evaluate(model, x, y, attacks.MaskedPGD(steps=steps, early_stop=True), None, threat,
+                      generator=g)
+        res, robust = ev.result, ev.robust
         p_adv, c_adv = model.predict(res.x_adv)
-        robust = accuracy(p_adv, y)
-        asr = success_rate(pred, p_adv, y)
-        rows.append(_row(model_name, dataset, "masked-pgd", area, x.shape[0], clean, robust,
-                         asr=asr.value, steps=steps, universal=False))
+        rows.append(_row(model_name, dataset, "masked-pgd", area, x.shape[0], ev.clean, robust,
+                         asr=ev.asr.value, steps=steps, universal=False))
         prog.step(f"{model_name} masked PGD {area:.0%}: robust accuracy {robust}")
         items = []
         for i in range(min(show, x.shape[0])):
@@ -122,9 +122,10 @@ def _extra_photos(size: int = 224) -> torch.Tensor:
 def _universal_imagenet(model, x, y, rep, rows, prog, epochs: int, seed: int) -> None:
     """One untargeted universal patch (Brown et al. 2017, with EOT) trained on the even-indexed
     photos plus unlabelled extra photos, scored on the odd-indexed (held-out) photos at three
-    random placements each."""
+    random placements each (each split one evaluation cell, with the applied patch as its
+    ``attack_result``)."""
     from . import attacks
-    from .metrics.classification import accuracy
+    from .evaluation import evaluate
     from .patches import EOT, Threat
 
     placements = 3
@@ -143,9 +144,9 @@ def _universal_imagenet(model, x, y, rep, rows, prog, epochs: int, seed: int) ->
         for split, ids in (("train", train), ("held-out", held)):
             xs, ys = x[ids].repeat(placements, 1, 1, 1), y[ids].repeat(placements)
             res = atk.apply(model, xs, ys, threat, patch, generator=torch.Generator().manual_seed(seed + 1))
+            ev = evaluate(model, xs, ys, atk, attack_result=res)
+            clean, robust = ev.clean, ev.robust
             p_adv, c_adv = model.predict(res.x_adv)
-            clean = accuracy(model.predict(xs)[0], ys)
-            robust = accuracy(p_adv, ys)
             rows.append(_row("mobilenet_v2", "real-photos", "universal-patch", area, len(ys), clean,
                              robust, split=split, held_out=split == "held-out", universal=True,
                              placements_per_image=placements, steps=epochs * 2))

@@ -112,10 +112,10 @@ def _build(name: str, **kw):
 
 
 def _ready(name: str):
-    """A defense ready to purify ``_x`` images (the oracle with an empty mask set)."""
+    """A defense ready to purify ``_x`` images (the oracle bound to an empty mask)."""
     d = _build(name)
     if name == "gt-mask":
-        d.set_mask(torch.zeros(1, 1, S, S))
+        d = d.with_mask(torch.zeros(1, 1, S, S))
     return d
 
 
@@ -385,7 +385,7 @@ def _defended_cases():
         Case("defenses.Defended(LGS) equals model∘LGS", lambda: Defended(m, LGS())(_x()),
              check=_close_to(lambda: m(LGS()(_x())))),
         Case("defenses.Defended(gt-mask, empty mask) equals the model",
-             lambda: Defended(m, GTMaskOracle().set_mask(torch.zeros(1, 1, S, S)))(_x()),
+             lambda: Defended(m, GTMaskOracle().with_mask(torch.zeros(1, 1, S, S)))(_x()),
              check=_close_to(lambda: m(_x()))),
     ]
     cases += param_cases("defenses.Defended", lambda eot_samples: Defended(m, LGS(), eot_samples),
@@ -446,11 +446,11 @@ def _oracle_cases():
              lambda: o()(x, mask=torch.zeros(2, 1, S, S, device="meta")), ("mask",)),
         Case("defenses.gt-mask(mask=complex)",
              lambda: o()(x, mask=torch.zeros(2, 1, S, S, dtype=torch.complex64)), ("mask",)),
-        Case("defenses.gt-mask.set_mask(list)", lambda: o().set_mask([0, 1]), ("mask",)),
-        Case("defenses.gt-mask.set_mask(0.5 values)",
-             lambda: o().set_mask(torch.full((1, 1, S, S), 0.5)), ("mask",)),
-        Case("defenses.gt-mask.set_mask(wrong size) then call",
-             lambda: o().set_mask(torch.zeros(1, 1, 8, 8))(x), ("mask",)),
+        Case("defenses.gt-mask.with_mask(list)", lambda: o().with_mask([0, 1]), ("mask",)),
+        Case("defenses.gt-mask.with_mask(0.5 values)",
+             lambda: o().with_mask(torch.full((1, 1, S, S), 0.5)), ("mask",)),
+        Case("defenses.gt-mask.with_mask(wrong size) then call",
+             lambda: o().with_mask(torch.zeros(1, 1, 8, 8))(x), ("mask",)),
         Case("defenses.gt-mask(no mask set)", lambda: o()(x), ("mask",)),
         Case("defenses.gt-mask(fill 2 values, 3 channels)",
              lambda: o(fill=(0.1, 0.2))(x, mask=torch.zeros(2, 1, S, S)), ("fill",)),

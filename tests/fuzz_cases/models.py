@@ -352,11 +352,13 @@ def _same_as(ref_kwargs: dict, **load_kwargs):
 def _load_cases():
     f = lambda k: _files()[k]  # noqa: E731
     cases = []
-    for name in ("resnet9000", "", "fmnist_cnn_smal", "tiny cnn"):
+    for name in ("resnet9000", "", "fmnist_cnn_smal", "tiny cnnn"):
         cases.append(Case(f"models.load.name={name!r}", lambda n=name: models.load(n), ("unknown model",)))
     for name in (None, 3, ["tiny_cnn"], b"tiny_cnn"):
         cases.append(Case(f"models.load.name={name!r}", lambda n=name: models.load(n), ("name",)))
     cases.append(Case("models.load.name='Tiny-CNN' (normalised)", lambda: models.load("Tiny-CNN", seed=0),
+                      check=_same_as({"seed": 0})))
+    cases.append(Case("models.load.name='tiny cnn' (normalised)", lambda: models.load(" tiny cnn ", seed=0),
                       check=_same_as({"seed": 0})))
     file_errors = {
         "garbage": "not a pytorch checkpoint", "nullgarbage": "not a pytorch checkpoint",

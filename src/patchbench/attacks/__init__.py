@@ -5,8 +5,13 @@
 * ``masked-cw``       — :class:`MaskedCW` (Carlini & Wagner 2017 margin, Adam, tanh patch)
 * ``universal-patch`` — :class:`UniversalPatch` (Brown et al. 2017, EOT over placements/transforms)
 * ``lavan``           — :class:`LaVAN` (Karmon et al. 2018, target-minus-source logits)
+* ``face-patch``      — :class:`FacePatch` (Yang et al., ECCV 2020, universal face-hiding patch; task
+  ``face-detection``)
+
+Each attack optimises its task's objective (``attack.task``, :mod:`patchbench.tasks`).
 """
 from .base import AttackResult, PatchAttack, get, names, register
+from .face import FacePatch
 from .lavan import LaVAN
 from .masked_apgd import MaskedAPGD
 from .masked_cw import MaskedCW
@@ -14,4 +19,4 @@ from .masked_pgd import MaskedPGD
 from .universal import UniversalPatch
 
 __all__ = ["AttackResult", "PatchAttack", "get", "names", "register", "MaskedPGD", "MaskedAPGD",
-           "MaskedCW", "UniversalPatch", "LaVAN"]
+           "MaskedCW", "UniversalPatch", "LaVAN", "FacePatch"]

@@ -1,5 +1,6 @@
 """Pieces every classification patch attack shares: input checks, the threat mask, the adversarial
-objectives, success, a frozen-model context and the per-sample "best iterate" bookkeeping.
+objective (from the task: :mod:`patchbench.tasks.classification`), success, a frozen-model context and
+the per-sample "best iterate" bookkeeping.
 
 Nothing here runs per iteration except :func:`objective` and :meth:`BestIterate.update`, which are a
 handful of fused ``N``-sized tensor ops without host synchronisation.
@@ -11,14 +12,15 @@ import numbers
 from typing import Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .._validation import (check_bool, check_choice, check_images, check_labels,
                            check_mask, check_number, check_positive_int, make_generator,
                            trusted_inputs)
 
-LOSSES = ("ce", "dlr", "cw", "logit-margin")
+# The classification objective lives with its task (patchbench.tasks.classification); these names
+# stay importable from here for the attacks and their callers.
+from ..tasks.classification import LOSSES, _max_other, objective  # noqa: E402,F401
 
 
 def check_model(model) -> None:
@@ -132,44 +134,6 @@ def box(x: Tensor, mask: Tensor, eps: float) -> Tuple[Tensor, Tensor]:
     return lo, hi
 
 
-def objective(loss: str, logits: Tensor, y: Tensor, target: Optional[Tensor],
-              kappa: float = 0.0) -> Tuple[Tensor, Tensor]:
-    """Per-sample loss to MAXIMISE and per-sample success, from one forward pass.
-
-    * ``"ce"``: cross-entropy of the label (untargeted) / minus cross-entropy of the target.
-    * ``"dlr"``: Croce & Hein (ICML 2020) difference-of-logits ratio, eq. (6) and its targeted form.
-    * ``"cw"``: minus the Carlini–Wagner margin ``f = max(Z_y − max_{i≠y} Z_i, −κ)``
-      (targeted ``max(max_{i≠t} Z_i − Z_t, −κ)``), Carlini & Wagner (S&P 2017) eq. objective f6.
-    * ``"logit-margin"``: LaVAN (Karmon et al. 2018) target-minus-source logits ``Z_t − Z_y``;
-      untargeted uses the strongest other class as the target.
-    """
-    pred = logits.argmax(1)
-    success = pred != y if target is None else pred == target
-    if loss == "ce":
-        if target is None:
-            return F.cross_entropy(logits, y, reduction="none"), success
-        return -F.cross_entropy(logits, target, reduction="none"), success
-    z_y = logits.gather(1, y[:, None])[:, 0]
-    if loss == "dlr":
-        srt = logits.sort(1, descending=True).values
-        if target is None:
-            other = _max_other(logits, y)
-            return -(z_y - other) / (srt[:, 0] - srt[:, 2] + 1e-12), success
-        z_t = logits.gather(1, target[:, None])[:, 0]
-        return -(z_y - z_t) / (srt[:, 0] - 0.5 * (srt[:, 2] + srt[:, 3]) + 1e-12), success
-    if loss == "cw":
-        if target is None:
-            f = (z_y - _max_other(logits, y)).clamp(min=-kappa)
-        else:
-            z_t = logits.gather(1, target[:, None])[:, 0]
-            f = (_max_other(logits, target) - z_t).clamp(min=-kappa)
-        return -f, success
-    if loss == "logit-margin":
-        z_t = _max_other(logits, y) if target is None else logits.gather(1, target[:, None])[:, 0]
-        return z_t - z_y, success
-    raise LookupError(f"unknown loss {loss!r}; available: {', '.join(LOSSES)}")
-
-
 def check_budget(value, name: str) -> float:
     """A budget/step in (0, 1] (images live in [0, 1])."""
     return check_number(value, name, 0.0, 1.0, low_inclusive=False)
@@ -183,11 +147,6 @@ def check_loss(loss: str, num_classes: Optional[int] = None, targeted: bool = Fa
     if loss == "dlr" and num_classes is not None and num_classes < need:
         raise ValueError(f"the DLR loss needs at least {need} classes, the model has {num_classes}")
     return loss
-
-
-def _max_other(logits: Tensor, cls: Tensor) -> Tensor:
-    """``max_{i≠cls} Z_i`` per row."""
-    return logits.scatter(1, cls[:, None], float("-inf")).amax(1)
 
 
 def check_eot(eot, name: str = "eot"):

@@ -67,9 +67,30 @@ class AttackResult:
 
 
 class PatchAttack(abc.ABC):
-    """Base class: subclasses implement ``run(model, x, y, threat, *, target=None, generator=None)``."""
+    """Base class: subclasses implement ``run(model, x, y, threat, *, target=None, generator=None)``.
+
+    Attributes:
+        name: the registered name (set by :func:`register`).
+        task: the :mod:`patchbench.tasks` name whose objective the attack optimises (its loss and
+            per-sample success) and whose metrics score it. Default ``"classification"``; the
+            face-hiding patch is ``"face-detection"``. A subclass or an instance may set another.
+        per_image: the attack optimises each image's own patch inside a mask it is given (so the
+            mask is known before it runs); ``False`` for universal patches, whose placements are
+            drawn while they train.
+    """
 
     name: str = "attack"
+    task: str = "classification"
+    per_image: bool = True
+
+    def task_objective(self, **options):
+        """The task's objective ``f(outputs, y, target) -> (loss to maximise, success)`` with
+        ``options`` (e.g. ``loss="dlr"``) bound: resolved once per run, called every iteration."""
+        from .. import tasks
+        fn = tasks.get(self.task).objective
+        if not options:
+            return fn
+        return lambda outputs, y, target=None: fn(outputs, y, target, **options)
 
     @abc.abstractmethod
     def run(self, model, x: Tensor, y: Tensor, threat, *, target: Optional[Tensor] = None,

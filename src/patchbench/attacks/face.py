@@ -1,27 +1,21 @@
 """Universal face-hiding patches (Yang et al., "Design and Interpretation of Universal Adversarial
-Patches in Face Detection", ECCV 2020).
+Patches in Face Detection", ECCV 2020): the registered attack ``face-patch`` on the
+``face-detection`` task.
 
 One square patch P is pasted on every ground-truth face (side ``α·sqrt(w·h)``, centred horizontally at
 the top of the box by default, §3.2) and optimised over training faces with the detector frozen. What
 differs between the methods is the *adversarial sample set* {AS_i}: which scored windows ("anchors";
-for MTCNN every P-Net cell and every R-/O-Net crop, see :meth:`MTCNN.candidates`) take part:
-
-* ``patch-iou`` (§3.2): IoU(A_i, B_i) > 0.6 with a face; Eq. 1, minimise ``(1/N) Σ log S_i``.
-* ``patch-score`` (§4.2): S_i > δ − m (= 0.5); Eq. 1.
-* ``patch-score-focal`` (§4.2): S_i > δ − m, Eq. 2, weights ``S_i^γ`` (γ = 2).
-* ``patch-combination`` (§4.2): S_i > δ − m AND (IoU(A_i, B_i) > λ1 = 0.3 OR IoU(A_i, P) > λ2 = 0.3).
-
-The paper *maximises* ``L_Adv = −(1/N) Σ S_i^γ log S_i`` by gradient ascent (γ = 0 for Eq. 1); we
-minimise its negative. Two adaptations, both stated where they happen: the focal factor S^γ is a
-(detached) per-sample weight — differentiating through it would *raise* scores in (0.5, e^(−1/γ)),
-against the paper's intent of "bigger weights to samples with higher scores"; and MTCNN is a cascade,
-so the mean is taken per stage (P-, R-, O-Net) and the stage means are added, so the ~10⁵ P-Net cells
-do not drown the ~10² O-Net crops whose score is the one compared with δ.
+for MTCNN every P-Net cell and every R-/O-Net crop, see :meth:`MTCNN.candidates`) take part —
+``patch-iou`` (§3.2), ``patch-score``, ``patch-score-focal`` and ``patch-combination`` (§4.2). The
+selection rules and the loss are the task's objective (:mod:`patchbench.tasks.face`, re-exported here
+as :func:`select_candidates` and :func:`adversarial_loss`, with the two adaptations stated there: a
+detached focal weight, and per-stage means over MTCNN's cascade).
 
 Example::
     >>> fp = FacePatch("patch-combination", epochs=5)
     >>> patch = fp.fit(load_mtcnn(), train.images, train.boxes)
     >>> x_adv = fp.apply(test.images, test.boxes, patch)
+    >>> res = fp.run(load_mtcnn(), x, boxes)                # fit + score: an AttackResult
 """
 from __future__ import annotations
 
@@ -34,22 +28,15 @@ from torch import Tensor
 
 from .._validation import (check_bool, check_fraction, check_images, check_nonnegative, check_number,
                            check_path, check_positive_int, make_generator, trusted_inputs)
-from ..models.nms import box_iou
 from ..patches import BoxPlacement, paste, shape_mask
+from ..tasks.face import (STRATEGIES, _check_option, _flatten_boxes, _max_iou,  # noqa: F401
+                          adversarial_loss, select_candidates)
+from .base import AttackResult, PatchAttack, register
 
-STRATEGIES = ("patch-iou", "patch-score", "patch-score-focal", "patch-combination")
 INITS = ("noise", "natural", "face")
 POSITIONS = ("top-center", "center", "bottom-center")
-_DEFAULT_IOU_FACE = {"patch-iou": 0.6, "patch-combination": 0.3}   # §3.2 and λ1 of §4.2
 DETECTOR_STAGES = ("pnet", "rnet", "onet")
 _CHECKPOINT_KEYS = ("patch", "optimizer", "epoch", "generator", "history", "config")
-
-
-def _check_option(value, name: str, choices) -> str:
-    # ValueError (not LookupError) for backward compatibility: these always raised ValueError.
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"{name}: expected one of {choices}, got {value!r}")
-    return value
 
 
 def _check_stages(stages) -> Tuple[str, ...]:
@@ -78,97 +65,6 @@ def _as_boxes(b, name: str) -> Tensor:
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name}: boxes contain NaN or Inf")
     return t.reshape(-1, 4)
-
-
-def _flatten_boxes(boxes, name: str) -> Tuple[Tensor, Tensor]:
-    """List of per-image K_i×4 boxes → (all boxes F×4, image index F)."""
-    if isinstance(boxes, Tensor) and boxes.dim() == 2:
-        boxes = [boxes]
-    if not isinstance(boxes, (list, tuple)):
-        raise TypeError(f"{name}: expected a list with one K×4 tensor per image, got {type(boxes).__name__}")
-    flat, idx = [], []
-    for i, b in enumerate(boxes):
-        b = torch.as_tensor(b, dtype=torch.float32)
-        if b.numel() == 0:
-            continue
-        if b.dim() != 2 or b.shape[1] != 4:
-            raise ValueError(f"{name}[{i}]: expected K×4 (x1, y1, x2, y2) boxes, got shape {tuple(b.shape)}")
-        flat.append(b)
-        idx.append(torch.full((len(b),), i, dtype=torch.long))
-    if not flat:
-        return torch.zeros(0, 4), torch.zeros(0, dtype=torch.long)
-    return torch.cat(flat), torch.cat(idx)
-
-
-def _max_iou(boxes: Tensor, image_index: Tensor, others, name: str) -> Tensor:
-    """Per candidate, the largest IoU with a box of ``others`` in the same image (0 if none)."""
-    ob, oi = _flatten_boxes(others, name)
-    if len(ob) == 0 or len(boxes) == 0:
-        return boxes.new_zeros(len(boxes))
-    iou = box_iou(boxes.detach().float(), ob.to(boxes.device))
-    same = image_index[:, None] == oi.to(boxes.device)[None, :]
-    return torch.where(same, iou, torch.zeros_like(iou)).amax(1)
-
-
-def select_candidates(strategy: str, boxes: Tensor, scores: Tensor, face_boxes, patch_boxes=None, *,
-                      image_index: Optional[Tensor] = None, delta: float = 0.99, m: float = 0.49,
-                      gamma: float = 2.0, iou_face: Optional[float] = None,
-                      iou_patch: float = 0.3) -> Tensor:
-    """Weights of the adversarial sample set {AS_i} (Yang et al. §3.2, §4.2): 0 = not selected.
-
-    Args:
-        strategy: one of ``STRATEGIES`` (see the module docstring for each rule).
-        boxes: K×4 candidate windows (x1, y1, x2, y2); scores: K face probabilities.
-        face_boxes: ground-truth faces: F×4 for one image, or a list of per-image K_i×4 tensors.
-        patch_boxes: bounding boxes of the pasted patches, same layout (only ``patch-combination``).
-        image_index: K image ids of the candidates (default: all in image 0).
-        delta, m: score rule ``S > δ − m`` (default 0.99 − 0.49 = 0.5).
-        gamma: focal exponent of ``patch-score-focal`` (default 2).
-        iou_face: face-IoU threshold (default 0.6 for ``patch-iou``, λ1 = 0.3 for ``patch-combination``).
-        iou_patch: λ2, patch-IoU threshold of ``patch-combination`` (default 0.3).
-    Returns:
-        K float weights, detached: 1/0 masks, or ``S^γ`` on the selected samples for the focal rule.
-
-    Example::
-        >>> w = select_candidates("patch-score", c.boxes, c.scores, gt_boxes)
-    """
-    _check_option(strategy, "strategy", STRATEGIES)
-    if not isinstance(boxes, Tensor) or not isinstance(scores, Tensor):
-        raise TypeError(f"boxes/scores: expected tensors K×4 and K, got {type(boxes).__name__} and "
-                        f"{type(scores).__name__}")
-    if boxes.dim() != 2 or boxes.shape[1] != 4 or scores.shape != (boxes.shape[0],):
-        raise ValueError(f"boxes/scores: expected K×4 and K, got {tuple(boxes.shape)} and "
-                         f"{tuple(scores.shape)}")
-    s = scores.detach()
-    idx = torch.zeros(len(s), dtype=torch.long, device=s.device) if image_index is None else image_index
-    lam1 = _DEFAULT_IOU_FACE.get(strategy, 0.0) if iou_face is None else float(iou_face)
-    if strategy == "patch-iou":
-        return (_max_iou(boxes, idx, face_boxes, "face_boxes") > lam1).to(s.dtype)
-    high = s > (delta - m)
-    if strategy == "patch-score":
-        return high.to(s.dtype)
-    if strategy == "patch-score-focal":
-        return torch.where(high, s.pow(gamma), torch.zeros_like(s))
-    if patch_boxes is None:
-        raise ValueError("patch-combination needs patch_boxes (the pasted patches' bounding boxes)")
-    near = (_max_iou(boxes, idx, face_boxes, "face_boxes") > lam1) | \
-        (_max_iou(boxes, idx, patch_boxes, "patch_boxes") > float(iou_patch))
-    return (high & near).to(s.dtype)
-
-
-def adversarial_loss(scores: Tensor, weights: Tensor, stage: Optional[Tensor] = None) -> Tensor:
-    """``Σ_stage (1/N_s) Σ_i w_i log S_i`` over selected samples (minimised; Yang et al. Eq. 1/2).
-
-    ``N_s`` counts the selected samples of a stage; a stage with none adds 0 (still differentiable).
-    """
-    stage = torch.zeros_like(weights, dtype=torch.long) if stage is None else stage
-    logs = scores.clamp_min(1e-12).log()
-    total = scores.sum() * 0.0
-    for st in stage.unique().tolist():
-        sel = (stage == st) & (weights > 0)
-        if sel.any():
-            total = total + (weights[sel] * logs[sel]).sum() / sel.sum()
-    return total
 
 
 def clip_boxes(boxes, hw: Tuple[int, int], name: str = "boxes") -> List[Tensor]:
@@ -250,11 +146,15 @@ def initial_patch(init: str, size: int, generator=None, device="cpu") -> Tensor:
     return out[0].clamp(0, 1).to(device)
 
 
-class FacePatch:
+@register("face-patch")
+class FacePatch(PatchAttack):
     """Universal adversarial face patch for a face detector (Yang et al., ECCV 2020, §3.2 and §4.2).
 
     Threat model: white-box detector (frozen); one patch shared by all faces, pasted on each GT face
     box; success = true faces score < δ (Criterion 1) without the patch scoring ≥ δ (Criterion 2).
+    A :class:`~patchbench.attacks.PatchAttack` on the ``face-detection`` task: ``run(detector,
+    images, boxes)`` trains the patch on the images and scores it on them (``fit`` + ``score``); its
+    placement is the face boxes themselves (``alpha``, ``position``), so it takes no ``Threat``.
 
     Args:
         strategy: ``"patch-iou"`` | ``"patch-score"`` | ``"patch-score-focal"`` |
@@ -272,7 +172,11 @@ class FacePatch:
     Example::
         >>> fp = FacePatch("patch-combination", epochs=10)
         >>> x_adv = fp.apply(x, boxes, fp.fit(load_mtcnn(), x_train, boxes_train))
+        >>> res = fp.score(load_mtcnn(), x, boxes, fp.patch_)      # AttackResult on held-out faces
     """
+
+    task = "face-detection"
+    per_image = False
 
     def __init__(self, strategy: str = "patch-combination", alpha: float = 0.5,
                  position: str = "top-center", init: str = "noise", epochs: int = 10,
@@ -310,12 +214,67 @@ class FacePatch:
 
     def loss(self, detector, images: Tensor, boxes, patch: Tensor) -> Tuple[Tensor, int]:
         """The paper's objective on one batch (to minimise) and the number of selected samples."""
+        from .. import tasks
         x, _, pboxes = paste_on_faces(images, boxes, patch, self.alpha, self.position)
         c = detector.candidates(x, stages=self.stages)
-        w = select_candidates(self.strategy, c.boxes, c.scores, [b.to(x.device) for b in boxes],
-                              pboxes, image_index=c.image_index, delta=self.delta, m=self.m,
-                              gamma=self.gamma, iou_face=self.iou_face, iou_patch=self.iou_patch)
-        return adversarial_loss(c.scores, w, c.stage), int((w > 0).sum())
+        return tasks.get(self.task).loss(c, boxes, pboxes, **self._selection())
+
+    def _selection(self) -> dict:
+        """The selection-rule options of the task's objective."""
+        return dict(strategy=self.strategy, delta=self.delta, m=self.m, gamma=self.gamma,
+                    iou_face=self.iou_face, iou_patch=self.iou_patch)
+
+    def run(self, model, x: Tensor, y, threat=None, *, target=None,
+            generator=None) -> AttackResult:
+        """Train the patch on images ``x`` with face boxes ``y`` against detector ``model``
+        (:meth:`fit`), then paste it on the same images and score it (:meth:`score`).
+
+        ``threat`` must be ``None`` (the patch goes on the face boxes: ``alpha``, ``position``) and
+        ``target`` too (hiding faces is untargeted). ``generator``: seed or ``torch.Generator``."""
+        self._check_run_args(threat, target)
+        patch = self.fit(model, x, y, generator=generator)
+        return self.score(model, x, y, patch)
+
+    @staticmethod
+    def _check_run_args(threat, target) -> None:
+        if threat is not None:
+            raise TypeError(f"threat: FacePatch pastes its patch on each face box (alpha, "
+                            f"position) and takes no threat; pass threat=None, got "
+                            f"{type(threat).__name__}")
+        if target is not None:
+            raise ValueError("target: a face-hiding patch is untargeted; pass target=None")
+
+    @torch.no_grad()
+    def score(self, detector, images: Tensor, boxes, patch: Tensor) -> AttackResult:
+        """Paste ``patch`` on every face of ``images`` and score it with ``detector``:
+
+        ``x_adv`` (patched images), ``patch`` (3×s×s), ``mask`` (N×1×H×W), ``success`` (no face
+        detected at ≥ δ and no detection ≥ δ on the patch, §4.1), ``eligible`` (a face was found at
+        ≥ δ on the clean image), ``info["patch_boxes"]`` (per-image K_i×4 boxes of the patches) and
+        ``history`` (the training losses of the last :meth:`fit`)."""
+        from .. import tasks
+        if not callable(getattr(detector, "detect", None)):
+            raise TypeError(f"detector: expected a face detector with .detect() (e.g. "
+                            f"load_mtcnn()), got {type(detector).__name__}")
+        images = check_images(images, "images", channels=3, allow_single=True)
+        patch = check_images(patch, "patch", channels=3, allow_single=True)
+        if patch.shape[0] != 1:
+            raise ValueError(f"patch: expected one 3×s×s patch, got shape {tuple(patch.shape)}")
+        if not isinstance(boxes, (list, tuple)) and not (isinstance(boxes, Tensor) and boxes.dim() == 3):
+            raise TypeError(f"boxes: expected a list with one K×4 tensor per image, got "
+                            f"{type(boxes).__name__}")
+        if len(boxes) != len(images):
+            raise ValueError(f"boxes: expected one K×4 tensor per image ({len(images)}), got {len(boxes)}")
+        boxes = clip_boxes(boxes, tuple(images.shape[-2:]))
+        x_adv, mask, pboxes = paste_on_faces(images, boxes, patch[0].to(images.device), self.alpha,
+                                             self.position)
+        task = tasks.get(self.task)
+        with trusted_inputs():
+            clean, adv = detector.detect(images), detector.detect(x_adv)
+        return AttackResult(x_adv=x_adv, patch=patch[0], mask=mask,
+                            success=task.success(adv, boxes, pboxes, self.delta),
+                            history=list(self.history_), info={"patch_boxes": pboxes},
+                            eligible=task.eligible(clean, boxes, self.delta))
 
     def fit(self, detector, images: Tensor, boxes, *, generator=None, checkpoint=None,
             verbose: bool = False) -> Tensor:

@@ -12,8 +12,8 @@ import torch
 from torch import Tensor
 
 from .._validation import check_positive
-from ._common import (box, check_budget, check_common, check_eot, objective, per_image_result,
-                      prepare, threat_mask, uniform)
+from ._common import (box, check_budget, check_common, check_eot, per_image_result, prepare,
+                      threat_mask, uniform)
 from .base import AttackResult, PatchAttack, register
 from .masked_pgd import sign_ascent
 from .universal import UniversalPatch
@@ -61,6 +61,11 @@ class LaVAN(PatchAttack):
         self.eot = eot
         self._check_params()
 
+    @property
+    def per_image(self) -> bool:
+        """Per-image mode optimises inside a given mask; universal mode draws its placements."""
+        return not self.universal
+
     def _check_params(self) -> None:
         """Validate the hyper-parameters of both modes (at construction, and again when used)."""
         self.step = check_budget(self.step, "step")
@@ -92,12 +97,13 @@ class LaVAN(PatchAttack):
         mask = threat_mask(threat, x, g)
         lo, hi = box(x, mask, 1.0)   # inside the mask: any value in [0, 1] (replacement)
         step_m = mask * step
+        obj = self.task_objective(loss="logit-margin")
 
         def attempt(idx, r):
             xs, ms, ys = x[idx], mask[idx], y[idx]
             ts = None if target is None else target[idx]
             x0 = torch.where(ms.expand_as(xs) > 0, uniform(xs.shape, g, x.device), xs)
             return sign_ascent(model, x0, lo[idx], hi[idx], step_m[idx], int(self.steps),
-                               lambda z: objective("logit-margin", z, ys, ts))
+                               lambda z: obj(z, ys, ts))
 
         return per_image_result(model, x, y, mask, target, int(self.restarts), attempt)

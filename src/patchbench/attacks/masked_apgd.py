@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .._validation import check_fraction
-from ._common import (BestIterate, box, check_budget, check_common, check_loss, objective,
+from ._common import (BestIterate, box, check_budget, check_common, check_loss,
                       per_image_result, prepare, threat_mask, uniform)
 from .base import AttackResult, PatchAttack, register
 
@@ -148,6 +148,7 @@ class MaskedAPGD(PatchAttack):
         self._check(model, target)
         mask = threat_mask(threat, x, g)
         lo, hi = box(x, mask, float(self.eps))
+        obj = self.task_objective(loss=self.loss)
 
         def attempt(idx, r):
             xs, ms, los, his, ys = x[idx], mask[idx], lo[idx], hi[idx], y[idx]
@@ -157,6 +158,6 @@ class MaskedAPGD(PatchAttack):
                 noise = uniform(xs.shape, g, x.device, -float(self.eps), float(self.eps))
                 x0 = torch.max(torch.min(xs + noise * ms, his), los)
             return apgd(model, x0, los, his, ms, float(self.step), int(self.steps),
-                        lambda z: objective(self.loss, z, ys, ts), float(self.rho), float(self.alpha))
+                        lambda z: obj(z, ys, ts), float(self.rho), float(self.alpha))
 
         return per_image_result(model, x, y, mask, target, int(self.restarts), attempt)

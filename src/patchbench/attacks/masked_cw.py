@@ -13,8 +13,7 @@ import torch
 from torch import Tensor
 
 from .._validation import check_nonnegative, check_positive
-from ._common import (BestIterate, check_common, objective, per_image_result, prepare, threat_mask,
-                      uniform)
+from ._common import BestIterate, check_common, per_image_result, prepare, threat_mask, uniform
 from .base import AttackResult, PatchAttack, register
 
 _TANH_EDGE = 1 - 1e-6   # atanh(±1) is infinite: start a hair inside the box
@@ -98,6 +97,7 @@ class MaskedCW(PatchAttack):
         x, y, target, g = prepare(model, x, y, target, generator)
         self._check()
         mask = threat_mask(threat, x, g)
+        obj = self.task_objective(loss="cw", kappa=float(self.confidence))
 
         def attempt(idx, r):
             xs, ms, ys = x[idx], mask[idx], y[idx]
@@ -105,7 +105,7 @@ class MaskedCW(PatchAttack):
             start = uniform(xs.shape, g, x.device) if (r > 0 or self.random_start) else xs
             w0 = torch.atanh((2 * start - 1).clamp(-_TANH_EDGE, _TANH_EDGE))
             return cw_descent(model, xs, ms, w0, int(self.steps), float(self.lr),
-                              lambda z: objective("cw", z, ys, ts, kappa=float(self.confidence)),
+                              lambda z: obj(z, ys, ts),
                               float(self.l2_weight))
 
         return per_image_result(model, x, y, mask, target, int(self.restarts), attempt)

@@ -11,7 +11,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from ._common import (BestIterate, box, check_budget, check_common, check_loss, objective,
+from ._common import (BestIterate, box, check_budget, check_common, check_loss,
                       per_image_result, prepare, threat_mask, uniform)
 from .base import AttackResult, PatchAttack, register
 
@@ -107,6 +107,7 @@ class MaskedPGD(PatchAttack):
         mask = threat_mask(threat, x, g)
         lo, hi = box(x, mask, float(self.eps))
         step_m = mask * float(self.step)
+        obj = self.task_objective(loss=self.loss)
 
         def attempt(idx, r):
             xs, los, his, ys = x[idx], lo[idx], hi[idx], y[idx]
@@ -116,6 +117,6 @@ class MaskedPGD(PatchAttack):
                 noise = uniform(xs.shape, g, x.device, -float(self.eps), float(self.eps))
                 x0 = torch.max(torch.min(xs + noise * mask[idx], his), los)
             return sign_ascent(model, x0, los, his, step_m[idx], int(self.steps),
-                               lambda z: objective(self.loss, z, ys, ts), bool(self.early_stop))
+                               lambda z: obj(z, ys, ts), bool(self.early_stop))
 
         return per_image_result(model, x, y, mask, target, int(self.restarts), attempt)

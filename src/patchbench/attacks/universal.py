@@ -16,7 +16,7 @@ from torch import Tensor
 from .._validation import (check_choice, check_images, check_labels, check_nonnegative,
                            check_positive, make_generator)
 from ._common import (check_common, check_eot, check_model, check_target_differs, clean_predictions,
-                      eligible, frozen, objective, prepare, uniform)
+                      eligible, frozen, prepare, uniform)
 from .base import AttackResult, PatchAttack, register
 
 OPTIMIZERS = ("adam", "sign")
@@ -124,6 +124,8 @@ class UniversalPatch(PatchAttack):
         >>> up.apply(model, x_test, y_test, threat, patch, target=3).success_rate
     """
 
+    per_image = False
+
     def __init__(self, epochs: int = 10, batch_size: int = 32, lr: float = 0.05, optimizer: str = "adam",
                  loss: str = "ce", eot=None, tv_weight: float = 0.0, nps_weight: float = 0.0,
                  printable_colors: Optional[Tensor] = None):
@@ -211,7 +213,7 @@ class UniversalPatch(PatchAttack):
         params = threat.sample(x.shape[0], tuple(x.shape[-2:]), generator=g, **kw)
         x_p, _ = threat.paste(x, patch, params)
         target = None if tgt is None else torch.full_like(y, tgt)
-        obj, _ = objective(self.loss, model(x_p), y, target)
+        obj, _ = self.task_objective(loss=self.loss)(model(x_p), y, target)
         obj = obj.mean()
         grad, = torch.autograd.grad(obj - self._penalty(patch), patch)
         with torch.no_grad():
@@ -240,7 +242,7 @@ class UniversalPatch(PatchAttack):
         with torch.no_grad(), frozen(model):
             clean = clean_predictions(model, x, y, target)
             x_adv, mask = threat.paste(x, patch, params)
-            _, success = objective("ce", model(x_adv), y, target)
+            _, success = self.task_objective(loss="ce")(model(x_adv), y, target)
         return AttackResult(x_adv=x_adv, patch=patch, mask=mask, success=success,
                             info={"targets": target, "placement": params},
                             eligible=eligible(clean, y, target))

@@ -1,5 +1,9 @@
 """Self-contained HTML reports: tables like the papers', matplotlib plots and image galleries, all
-embedded (base64 PNG) so one ``index.html`` can be mailed or archived; plus atomic JSON/CSV writers.
+embedded as ``data:`` URIs so one ``index.html`` can be mailed or archived; plus atomic JSON/CSV writers.
+
+Photos are embedded as JPEG (quality 80) and plots as PNG (palette-quantised when that is smaller):
+whichever of the two encodings is smaller is kept for each image, so a 28-pixel image upscaled with
+nearest neighbour or a binary mask stays a crisp PNG while a photo becomes a JPEG ~10× smaller.
 """
 from __future__ import annotations
 
@@ -9,8 +13,6 @@ import html
 import io
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence
@@ -19,55 +21,124 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .._io import atomic_write_text  # noqa: F401  (re-exported: existing callers import it from here)
+
+JPEG_QUALITY = 80
+
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1200px;
-color:#222;padding:0 1em}
-h1{font-size:1.6em}h2{font-size:1.3em;margin-top:2em;border-bottom:1px solid #ddd}
+color:#222;padding:0 1em;line-height:1.4}
+h1{font-size:1.6em}h2{font-size:1.3em;margin-top:2em;border-bottom:1px solid #ddd}h3{font-size:1.1em}
 table{border-collapse:collapse;margin:1em 0;font-size:.9em}
-th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right}th{background:#f3f3f3}
+th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right;vertical-align:top}th{background:#f3f3f3}
 td.t,th.t{text-align:left}caption{caption-side:top;text-align:left;font-weight:600;padding:.3em 0}
 .gallery{display:grid;gap:.8em;margin:1em 0}
-figure{margin:0;font-size:.8em;text-align:center}figure img{width:100%;image-rendering:pixelated;
-border:1px solid #ccc}.note{color:#555;font-size:.9em}.bad{color:#b00}.good{color:#070}
+figure{margin:0;font-size:.85em;text-align:center}figure img{width:100%;image-rendering:pixelated;
+border:1px solid #ccc}figure.plot{margin:1em 0;text-align:left}
+figure.plot img{width:auto;max-width:100%;image-rendering:auto;border:0}
+.note{color:#555;font-size:.9em}.bad{color:#b00}.good{color:#070}
+.ci{color:#666;font-size:.8em;white-space:nowrap}.num{font-variant-numeric:tabular-nums}
+tr.oracle td{background:#fafafa;font-style:italic}details pre{white-space:pre-wrap;font-size:.8em;
+background:#f7f7f7;padding:.5em;max-width:100%;overflow-x:auto;text-align:left}
+dl.headline{display:grid;grid-template-columns:max-content auto;gap:.2em 1em;margin:1em 0}
+dl.headline dt{font-weight:600}dl.headline dd{margin:0}
+table.thumbs td{text-align:center;border:0;padding:.2em .4em}
+table.thumbs th{border:0;font-weight:600;text-align:center;background:none}
+table.thumbs figure img{width:auto;max-width:160px}table.thumbs figcaption{max-width:160px;margin:auto}
+td.chg{background:#fff6d5}td.sig{background:#ffe2b3;font-weight:600}code{font-size:.9em}
 """
 
 
 def tensor_to_pil(img: torch.Tensor) -> Image.Image:
-    """``C×H×W`` (C = 1 or 3) or ``H×W`` float in [0, 1] → PIL image."""
-    t = img.detach().float().cpu()
+    """``C×H×W`` (C = 1 or 3) or ``H×W`` image → PIL image: float in [0, 1], or ``uint8`` in
+    [0, 255] (the stored galleries)."""
+    t = img.detach().cpu()
     if t.dim() == 3 and t.shape[0] == 1:
         t = t[0]
     if t.dim() == 3:
         t = t.permute(1, 2, 0)
-    arr = (t.clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
+    if t.dtype == torch.uint8:
+        arr = t.contiguous().numpy()
+    else:
+        arr = (t.float().clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
     return Image.fromarray(arr)
+
+
+def _resized(pil: Image.Image, min_side: int = 0, max_side: Optional[int] = None) -> Image.Image:
+    """Upscale with nearest neighbour to ``min_side`` (28-pixel images stay visible and crisp), then
+    shrink to at most ``max_side`` on the longer side (thumbnails)."""
+    if min_side and min(pil.size) < min_side:
+        f = math.ceil(min_side / min(pil.size))
+        pil = pil.resize((pil.size[0] * f, pil.size[1] * f), Image.NEAREST)
+    if max_side and max(pil.size) > max_side:
+        s = max_side / max(pil.size)
+        pil = pil.resize((max(1, round(pil.size[0] * s)), max(1, round(pil.size[1] * s))),
+                         Image.LANCZOS)
+    return pil
+
+
+def _encode(pil: Image.Image, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    if fmt == "jpeg":
+        if pil.mode not in ("RGB", "L"):
+            pil = pil.convert("RGB")
+        pil.save(buf, format="JPEG", quality=JPEG_QUALITY, optimize=True)
+    else:
+        pil.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def image_data_uri(img, min_side: int = 0, max_side: Optional[int] = None,
+                   image_format: str = "auto") -> str:
+    """Embed a tensor / PIL image as a ``data:`` URI.
+
+    Args:
+        img: ``C×H×W`` / ``H×W`` tensor (float in [0, 1] or ``uint8``) or a PIL image.
+        min_side: upscale with nearest neighbour until the shorter side is at least this.
+        max_side: then shrink (Lanczos) until the longer side is at most this (``None``: no limit).
+        image_format: ``"jpeg"`` (quality 80), ``"png"``, or ``"auto"``: the smaller of the two —
+            a JPEG for a photo, a PNG for a mask or a nearest-upscaled small image (PNG is only
+            tried for images of at most 256 colours).
+    """
+    if image_format not in ("auto", "jpeg", "png"):
+        raise ValueError(f"image_format: expected 'auto', 'jpeg' or 'png', got {image_format!r}")
+    pil = _resized(img if isinstance(img, Image.Image) else tensor_to_pil(img), min_side, max_side)
+    if image_format == "auto":
+        cands = [("jpeg", _encode(pil, "jpeg"))]
+        if pil.mode in ("1", "L", "P") or pil.getcolors(256) is not None:   # a photo never is
+            cands.append(("png", _encode(pil, "png")))
+        fmt, data = min(cands, key=lambda fd: len(fd[1]))
+    else:
+        fmt, data = image_format, _encode(pil, image_format)
+    return f"data:image/{fmt};base64," + base64.b64encode(data).decode("ascii")
 
 
 def png_data_uri(img, min_side: int = 0) -> str:
     """Embed a tensor / PIL image as a ``data:image/png;base64`` URI (upscaled with nearest to
     ``min_side`` so 28-pixel images stay visible)."""
-    pil = img if isinstance(img, Image.Image) else tensor_to_pil(img)
-    if min_side and min(pil.size) < min_side:
-        f = math.ceil(min_side / min(pil.size))
-        pil = pil.resize((pil.size[0] * f, pil.size[1] * f), Image.NEAREST)
-    buf = io.BytesIO()
-    pil.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return image_data_uri(img, min_side, image_format="png")
 
 
-def figure_data_uri(fig) -> str:
-    """A matplotlib figure → PNG data URI (the figure is closed)."""
+def figure_data_uri(fig, dpi: int = 100) -> str:
+    """A matplotlib figure → PNG data URI (the figure is closed). The PNG is palette-quantised
+    (256 colours, no dithering) when that is smaller: a plot has few colours."""
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", facecolor="white")
     plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    data = buf.getvalue()
+    pil = Image.open(io.BytesIO(data)).convert("RGB")
+    quant = _encode(pil.quantize(colors=256, method=Image.Quantize.MEDIANCUT,
+                                 dither=Image.Dither.NONE), "png")
+    if len(quant) < len(data):
+        data = quant
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
 @dataclass
 class GalleryItem:
-    image: object          # tensor C×H×W in [0,1] or PIL image
+    image: object          # tensor C×H×W (float in [0,1] or uint8), PIL image, or a data: URI
     caption: str = ""
 
 
@@ -118,17 +189,23 @@ class Report:
         self._parts.append("".join(out))
         return self
 
-    def gallery(self, items: Sequence[GalleryItem], columns: int = 4, min_side: int = 128) -> "Report":
+    def gallery(self, items: Sequence[GalleryItem], columns: int = 4, min_side: int = 128,
+                max_side: Optional[int] = None, image_format: str = "auto") -> "Report":
+        """A grid of captioned images, ``columns`` per row; images are embedded with
+        :func:`image_data_uri` (``min_side``, ``max_side``, ``image_format``: see there). An item
+        whose image is already a ``data:`` URI is embedded as it is."""
         cells = []
         for it in items:
-            cells.append(f'<figure><img src="{png_data_uri(it.image, min_side)}" alt="">'
+            src = (it.image if isinstance(it.image, str) and it.image.startswith("data:")
+                   else image_data_uri(it.image, min_side, max_side, image_format))
+            cells.append(f'<figure><img src="{src}" alt="">'
                          f"<figcaption>{html.escape(it.caption)}</figcaption></figure>")
         self._parts.append(f'<div class="gallery" style="grid-template-columns:repeat({columns},1fr)">'
                            + "".join(cells) + "</div>")
         return self
 
     def figure(self, fig, caption: str = "") -> "Report":
-        self._parts.append(f'<figure style="max-width:640px"><img src="{figure_data_uri(fig)}" alt="">'
+        self._parts.append(f'<figure class="plot"><img src="{figure_data_uri(fig)}" alt="">'
                            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
         return self
 
@@ -147,22 +224,6 @@ class Report:
         path = out / "index.html"
         atomic_write_text(path, self.render())
         return path
-
-
-def atomic_write_text(path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and ``os.replace`` (never a half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)   # mkstemp makes 0600 files; reports are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _jsonable(v):

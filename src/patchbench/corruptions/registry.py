@@ -11,6 +11,7 @@ from typing import Callable, Dict, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
+from .._registry import normalize_name, unknown_name_error
 from .._validation import check_images, check_int, make_generator
 from . import blur, digital, noise, weather
 
@@ -47,18 +48,24 @@ RANDOM: Tuple[str, ...] = ("gaussian_noise", "shot_noise", "impulse_noise", "spe
 MAX_SEVERITY = 5
 
 
+_FOLDED: Dict[str, str] = {normalize_name(k): k for k in _FUNCS}
+
+
 def _resolve(name) -> str:
+    """The canonical corruption name ``name`` folds to (:func:`patchbench._registry.normalize_name`:
+    case, ``-``, ``_`` and inner spaces do not matter, so ``"Gaussian-Noise"`` and
+    ``" gaussian noise "`` are ``"gaussian_noise"``)."""
     if not isinstance(name, str):
         raise TypeError(f"name: expected a corruption name (str), got {type(name).__name__}; "
                         f"one of: {', '.join(CORRUPTIONS)}")
-    key = name.strip().lower().replace("-", "_").replace(" ", "_")
+    key = normalize_name(name)
     if key == "frost":
         raise LookupError(f"name: {name!r} is not included (ImageNet-C's frost blends the "
                           f"benchmark's frost photographs, which are not available offline); "
                           f"expected one of: {', '.join(CORRUPTIONS)}")
-    if key not in _FUNCS:
-        raise LookupError(f"name: unknown corruption {name!r}; expected one of: {', '.join(CORRUPTIONS)}")
-    return key
+    if key not in _FOLDED:
+        raise unknown_name_error(name, CORRUPTIONS, "corruption", "name", known="expected one of")
+    return _FOLDED[key]
 
 
 def _check_severity(severity) -> int:

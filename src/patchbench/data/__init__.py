@@ -1,9 +1,10 @@
-"""Data: offline labelled samples, image folders, ImageNet class tables, PIL ↔ tensor transforms,
-and Fashion-MNIST (imported on first use).
+"""Data: datasets by name (``load_dataset``), offline labelled samples, image folders, ImageNet
+class tables, PIL ↔ tensor transforms, and Fashion-MNIST (imported on first use).
 
 Example::
 
     import patchbench as pb
+    x, y = pb.data.load_dataset("fashion-mnist", "test", n=64)   # see pb.data.dataset_names()
     x, y = pb.data.samples("imagenet")              # real photos, ImageNet-1k labels
     x, y = pb.data.ImageFolder("photos/", size=224).load()
 """
@@ -14,13 +15,15 @@ import importlib
 from .folders import (IMG_EXTENSIONS, ImageFolder, ImageNetVal, image_paths, load_images,
                       read_image, stack_batch)
 from .imagenet import imagenet_class_names, imagenet_val_labels
+from .registry import DatasetSpec, dataset_info, dataset_names, load_dataset
 from .samples import Sample, sample_info, samples
 from .transforms import resize_center_crop, to_pil, to_tensor
 
 __all__ = ["IMG_EXTENSIONS", "ImageFolder", "ImageNetVal", "image_paths", "load_images",
            "read_image", "stack_batch", "imagenet_class_names", "imagenet_val_labels", "Sample",
            "sample_info", "samples", "resize_center_crop", "to_pil", "to_tensor",
-           "load_fashion_mnist", "FASHION_MNIST_CLASSES"]
+           "load_fashion_mnist", "FASHION_MNIST_CLASSES", "DatasetSpec", "dataset_info",
+           "dataset_names", "load_dataset"]
 
 # Written in its own module (idx reader); loaded on first use so this package imports cheaply.
 _LAZY = {"load_fashion_mnist": "fashion_mnist", "FASHION_MNIST_CLASSES": "fashion_mnist",

@@ -9,7 +9,7 @@ sub-region of a photo is a clear example of a class.
 
 Example::
 
-    x, y = samples("imagenet")                 # 7×3×224×224 float in [0, 1], long labels
+    x, y = samples("imagenet")                 # 8×3×224×224 float in [0, 1], long labels
     for s in sample_info("imagenet"): print(s.name, s.label, s.class_name)
 """
 from __future__ import annotations
@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from .._registry import resolve_name
 from .._validation import check_device, check_positive_int
 from .transforms import _as_hw, resize_center_crop, to_tensor
 
@@ -137,12 +138,8 @@ def _check_n(key: str, n) -> Optional[int]:
 
 
 def _check_name(name: str) -> str:
-    if not isinstance(name, str):
-        raise TypeError(f"name: expected a sample set name ({', '.join(NAMES)}), got {name!r}")
-    key = name.lower().replace("_", "-")
-    if key not in NAMES:
-        raise LookupError(f"name: unknown sample set {name!r}; available: {', '.join(NAMES)}")
-    return key
+    """The sample set ``name`` folds to (:func:`patchbench._registry.normalize_name`)."""
+    return resolve_name(name, NAMES, "sample set", "name")
 
 
 def samples(name: str = "imagenet", size=None, device="cpu",
@@ -155,7 +152,7 @@ def samples(name: str = "imagenet", size=None, device="cpu",
         size: int or ``(height, width)``; photos are resized (PIL bicubic, antialiased) and
             centre-cropped. Default ``None`` = 224 for "imagenet", native 28 for "fashion-mnist".
         device: where the tensors go (default ``"cpu"``).
-        n: how many samples (the first ``n``). Default ``None`` = all 7 photos for "imagenet", 100
+        n: how many samples (the first ``n``). Default ``None`` = all 8 photos for "imagenet", 100
             images for "fashion-mnist".
 
     Returns:

@@ -30,7 +30,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from .._registry import Registry
+from .._registry import Registry, check_keywords
 from ..models.base import predict_in_batches
 from .._validation import (check_bool, check_choice, check_images, check_model_input, check_number,
                            check_positive, check_positive_int)
@@ -149,6 +149,27 @@ class Defense(nn.Module):
     eot_samples: int = 1
     output: str = "image"
     name: str = "defense"
+    uses_true_mask: bool = False
+
+    @classmethod
+    def from_context(cls, ctx, **options) -> "Defense":
+        """Build from a :class:`~patchbench.defenses.BuildContext` (the model, image size, fill,
+        patch area, device and artifacts of an experiment) and explicit ``options``: the default
+        ignores the context and calls ``cls(**options)``; defenses that need the model, the image
+        size or a checkpoint override it. Unknown ``options`` are a ``TypeError`` naming them."""
+        check_keywords(cls, options, f"defense {cls.name!r}")
+        return cls(**options)
+
+    def with_mask(self, mask: Optional[Tensor]) -> "Defense":
+        """This defense when told where the patch is (``mask`` ``N×1×H×W``, 1 = patch pixel;
+        ``None`` = no patch, clean images). Real defenses are blind to it and return ``self``; the
+        GT-mask oracle (``uses_true_mask``) returns a copy that repaints ``mask``."""
+        return self
+
+    def for_result(self, result) -> "Defense":
+        """This defense as it applies to the images of ``result`` (an ``AttackResult``; ``None`` =
+        the clean images): :meth:`with_mask` of the result's mask."""
+        return self.with_mask(None if result is None else result.mask)
 
     def forward(self, x: Tensor) -> Tensor:
         """Purify images ``x`` (``N×C×H×W`` in [0, 1]) → ``N×C×H×W`` in [0, 1]."""

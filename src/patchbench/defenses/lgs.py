@@ -229,6 +229,14 @@ class SLGS(LGS):
         self.erosions = check_int(erosions, "erosions", 0, MAX_MORPHOLOGY_STEPS)
         self.dilations = check_int(dilations, "dilations", 0, MAX_MORPHOLOGY_STEPS)
 
+    @classmethod
+    def from_context(cls, ctx, **options):
+        """``model`` defaults to the context's classifier (``ctx.model``)."""
+        if "model" not in options:
+            options["model"] = ctx.require("model", f"{cls.name!r}",
+                                           "the classifier whose saliency guides it")
+        return super().from_context(ctx, **options)
+
     def suppression_map(self, x: Tensor) -> Tensor:
         sal = top_k_saliency(self.model, x, self.top_k)
         return saliency_mask(sal, self.erosions, self.dilations) * self.gradient_map(x)
@@ -265,6 +273,14 @@ class WLGS(LGS):
         self.clamp = check_bool(clamp, "clamp")
         self.second_order = check_bool(second_order, "second_order")
         self.gradient = "exact" if self.second_order else "bpda-constant"
+
+    @classmethod
+    def from_context(cls, ctx, **options):
+        """``model`` defaults to the context's classifier (``ctx.model``)."""
+        if "model" not in options:
+            options["model"] = ctx.require("model", f"{cls.name!r}",
+                                           "the classifier whose saliency guides it")
+        return super().from_context(ctx, **options)
 
     def suppression_map(self, x: Tensor) -> Tensor:
         second = self.second_order and torch.is_grad_enabled() and x.requires_grad

@@ -41,7 +41,7 @@ def _fit_mask(mask: Tensor, x: Tensor, name: str, check_values: bool = True) -> 
     n, _, h, w = x.shape
     if check_values:
         m = check_mask(mask, name, n, h, w, binary=True)
-    else:   # values were checked by set_mask: shapes only (no pass over the values)
+    else:   # values were checked by with_mask: shapes only (no pass over the values)
         m4 = mask[None, None] if mask.dim() == 2 else mask
         if m4.dim() != 4 or m4.shape[1] != 1 or tuple(m4.shape[-2:]) != (h, w) \
                 or m4.shape[0] not in (1, n):
@@ -51,14 +51,21 @@ def _fit_mask(mask: Tensor, x: Tensor, name: str, check_values: bool = True) -> 
     return m.to(device=x.device, dtype=x.dtype)
 
 
+#: the mask of a bound oracle that faces clean images: nothing to repaint
+_NO_PATCH = "no patch"
+
+
 @register("gt-mask")
 class GTMaskOracle(Defense):
     """Fill the *true* patch pixels with the dataset mean (PatchZero's "GT Mask" upper bound).
 
-    The mask comes from the attack (``AttackResult.mask``): set it per batch with
-    :meth:`set_mask`, or pass it directly, ``oracle(x, mask=m)``. Differentiable (``"exact"``: the
-    output does not depend on the patch pixels at all, so an adaptive attacker gets zero gradient
-    there — as it should for a perfect oracle).
+    The mask comes from the attack: ``oracle.for_result(res)`` is the oracle for the images of an
+    ``AttackResult`` (it repaints ``res.mask``), ``oracle.with_mask(m)`` the one for a mask known in
+    advance (what an adaptive attacker facing the oracle knows), ``oracle.for_result(None)`` the one
+    for clean images (nothing to repaint); or pass the mask directly, ``oracle(x, mask=m)``. A bare
+    oracle knows no mask, and purifying with it is an error. Differentiable (``"exact"``: the output
+    does not depend on the patch pixels at all, so an adaptive attacker gets zero gradient there — as
+    it should for a perfect oracle).
 
     Args:
         fill (float, sequence of per-channel floats, or None; default None): the dataset mean pixel,
@@ -66,28 +73,38 @@ class GTMaskOracle(Defense):
             0.5 otherwise.
 
     Shapes: ``x`` ``N×C×H×W`` in [0, 1]; ``mask`` ``N×1×H×W`` (or ``N×H×W``, ``1×1×H×W``, ``H×W``)
-    of exact 0/1 values, 1 = patch pixel.
+    of exact 0/1 values, 1 = patch pixel. A bound oracle's mask covers its ``N`` images: call it on
+    all of them at once.
 
     Example::
 
-        oracle = GTMaskOracle(); oracle.set_mask(res.mask)
-        acc = (model(oracle(res.x_adv)).argmax(1) == y).float().mean()
+        res = pb.attacks.get("masked-pgd").run(model, x, y, Threat(area=0.02))
+        acc = (model(GTMaskOracle().for_result(res)(res.x_adv)).argmax(1) == y).float().mean()
     """
 
     gradient = "exact"
+    uses_true_mask = True
 
     def __init__(self, fill: Union[None, float, Sequence[float]] = None):
         super().__init__()
         self.fill = None if fill is None else check_fill_values(fill, "fill")
-        self._mask: Optional[Tensor] = None
+        self._mask = None
 
-    def set_mask(self, mask: Optional[Tensor]) -> "GTMaskOracle":
-        """Store the true patch masks (exact 0/1, ``N×1×H×W``) for the next calls (``None`` clears
-        them); returns self. Their shape is checked against the images at each call."""
+    @classmethod
+    def from_context(cls, ctx, **options) -> "GTMaskOracle":
+        """``fill`` defaults to the context's dataset mean (``ctx.fill``)."""
+        if ctx.fill is not None:
+            options.setdefault("fill", ctx.fill)
+        return super().from_context(ctx, **options)
+
+    def with_mask(self, mask: Optional[Tensor]) -> "GTMaskOracle":
+        """A copy of this oracle that repaints ``mask`` (exact 0/1, ``N×1×H×W``; ``None`` = clean
+        images, nothing to repaint). Its shape is checked against the images at each call."""
         if mask is not None:
             _mask_values_ok(mask, "mask")
-        self._mask = None if mask is None else mask.detach()
-        return self
+        bound = GTMaskOracle(fill=self.fill).train(self.training)
+        bound._mask = _NO_PATCH if mask is None else mask.detach()
+        return bound
 
     def fill_value(self, x: Tensor) -> Tensor:
         """The fill colour as a ``1×C×1×1`` tensor on ``x``'s device."""
@@ -108,9 +125,12 @@ class GTMaskOracle(Defense):
 
     def purify(self, x: Tensor) -> Tensor:
         if self._mask is None:
-            raise ValueError("GTMaskOracle: no mask set; call oracle.set_mask(result.mask) or pass "
+            raise ValueError("GTMaskOracle: this oracle does not know where the patch is; use "
+                             "oracle.for_result(attack_result) or oracle.with_mask(mask), or call "
                              "oracle(x, mask=m)")
-        return self._repaint(x, _fit_mask(self._mask, x, "mask (set_mask)", check_values=False))
+        if isinstance(self._mask, str):   # bound to clean images: repaint nothing
+            return self._repaint(x, torch.zeros_like(x[:, :1]))
+        return self._repaint(x, _fit_mask(self._mask, x, "mask (with_mask)", check_values=False))
 
     def _repaint(self, x: Tensor, mask: Tensor) -> Tensor:
         return x * (1.0 - mask) + self.fill_value(x) * mask

@@ -136,6 +136,20 @@ class PatchCleanser(Defense):
         self.last_forward_counts = torch.zeros(0, dtype=torch.long)
         self.last_cases = torch.zeros(0, dtype=torch.long)
 
+    @classmethod
+    def from_context(cls, ctx, **options) -> "PatchCleanser":
+        """``patch_size`` defaults to the threat's patch area (``ctx.patch_area``), ``image_size``
+        to ``ctx.image_size`` and ``fill`` to the dataset mean (``ctx.fill``)."""
+        if "patch_size" not in options:
+            options["patch_size"] = ctx.require("patch_area", "'patchcleanser'",
+                                                "the patch size it certifies against")
+        if "image_size" not in options:
+            options["image_size"] = ctx.require("image_size", "'patchcleanser'",
+                                                "the image size of its mask set")
+        if "fill" not in options and ctx.fill is not None:
+            options["fill"] = ctx.fill
+        return super().from_context(ctx, **options)
+
     @property
     def num_masks(self) -> int:
         return self.masks.shape[0]

@@ -200,6 +200,28 @@ class PatchZero(Defense):
         return (f"threshold={self.threshold}, dilation={self.dilation}, gradient={self.gradient!r}, "
                 f"input_size={self.input_size}")
 
+    @classmethod
+    def from_context(cls, ctx, checkpoint=None, **options) -> "PatchZero":
+        """Load the detector ``checkpoint`` — a path, an artifact reference ``"@NAME"`` (a path in
+        ``ctx.artifacts``) or an asset name (``"fmnist_do"``, ``"fmnist_two_stage"``) — onto
+        ``ctx.device``, checked against ``ctx.image_size`` / ``ctx.channels``; ``options`` override
+        its saved settings (``threshold``, ``dilation``, ``fill``, ``gradient``, ``temperature``).
+        Without a checkpoint, ``detector=`` (an untrained or in-memory module) builds it directly."""
+        if checkpoint is None:
+            if "detector" not in options:
+                raise ValueError(f"checkpoint: 'patchzero' needs a trained detector: "
+                                 f"checkpoint=PATH, '@ARTIFACT' (one of the context's artifacts) "
+                                 f"or an asset name ({', '.join(_ASSETS)})")
+            return super().from_context(ctx, **options)
+        unknown = [k for k in options if k not in _OVERRIDES]
+        if unknown:
+            raise TypeError(f"defense 'patchzero': unexpected keyword argument"
+                            f"{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+                            f"with a checkpoint it accepts: checkpoint, {', '.join(_OVERRIDES)}")
+        path = ctx.resolve(checkpoint, "checkpoint")
+        return cls.load(path, device=ctx.device, input_size=ctx.image_size, channels=ctx.channels,
+                        **options)
+
     # ------------------------------------------------------------------ checkpoints
     def save(self, path, **meta) -> str:
         """Write detector weights + defense settings to ``path`` (atomically); returns the path.
@@ -215,12 +237,8 @@ class PatchZero(Defense):
                     threshold=self.threshold, dilation=self.dilation,
                     fill=self.fill.flatten().tolist(), channels=self.channels,
                     input_size=list(self.input_size) if self.input_size else None, meta=meta)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(ckpt, tmp)
-        os.replace(tmp, path)
-        return str(path)
+        from .._io import atomic_save
+        return str(atomic_save(ckpt, path))
 
     @classmethod
     def load(cls, path, device="cpu", input_size: Optional[Tuple[int, int]] = None,

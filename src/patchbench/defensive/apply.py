@@ -219,15 +219,18 @@ class DefensivePatch:
     def save(self, path) -> Path:
         """Write ``path`` (.pt: patches, mask, metadata), ``path.png`` (a sheet of the patches) and
         ``path.json`` (metadata); returns the ``.pt`` path."""
-        from ..training.checkpoint import atomic_save
-        from ..bench.report import atomic_write_text
+        import io
+
+        from .._io import atomic_save, atomic_write_bytes, atomic_write_text
 
         path = Path(path).with_suffix(".pt")
         meta = self.metadata()
         atomic_save({"patches": self.patches.cpu(), "mask": self.mask.cpu(), "meta": json.dumps(meta)},
                     path)
         atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2) + "\n")
-        patch_sheet(self).save(path.with_suffix(".png"))
+        png = io.BytesIO()
+        patch_sheet(self).save(png, format="PNG")
+        atomic_write_bytes(path.with_suffix(".png"), png.getvalue())
         return path
 
     def metadata(self) -> dict:

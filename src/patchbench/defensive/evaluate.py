@@ -35,15 +35,15 @@ from .._validation import (check_bool, check_images, check_int, check_labels, ch
                            check_positive_int, check_seed)
 from ..attacks.masked_pgd import MaskedPGD
 from ..corruptions import CORRUPTIONS, MAX_SEVERITY, corrupt, family
-from ..metrics.classification import Rate, predict_labels
+from ..metrics.classification import Rate
 from .apply import DefensivePatch, apply_defensive_patch, blank_patch_like, random_patch_like
 
 EPSILONS = (2 / 255, 4 / 255, 8 / 255)
 PATCHES = ("none", "defensive", "random", "blank")
 
 
-def _row(model_name, held_out, patch, noise, severity, pred, y) -> dict:
-    r = Rate.of(int((pred == y).sum()), int(y.numel()))
+def _row(model_name, held_out, patch, noise, severity, r: Rate) -> dict:
+    """One result row from the cell's accuracy ``r`` (a :class:`Rate`)."""
     fam = "clean" if noise == "clean" else ("adversarial" if noise in ("fgsm", "pgd") else family(noise))
     return {"model": model_name, "held_out": bool(held_out), "patch": patch, "noise": noise,
             "family": fam, "severity": severity, "n": r.n, "acc": r.value, "lo": r.lo, "hi": r.hi}
@@ -70,14 +70,21 @@ def adversarial_images(model, x: Tensor, y: Tensor, attack: str, eps: float, ste
     x = check_images(x, "x")
     eps = check_number(eps, "eps", 0.0, 1.0, low_inclusive=False)
     steps, seed = check_positive_int(steps, "steps"), check_seed(seed, "seed")
-    full = torch.ones(1, 1, *x.shape[-2:], device=x.device)
+    return _noise_attack(attack, eps, steps).run(model, x, y, _full_mask(x), generator=seed).x_adv
+
+
+def _full_mask(x: Tensor) -> Tensor:
+    """The whole image as the attacker's region (``1×1×H×W`` of ones)."""
+    return torch.ones(1, 1, *x.shape[-2:], device=x.device)
+
+
+def _noise_attack(attack: str, eps: float, steps: int) -> MaskedPGD:
+    """FGSM (one ε step from the image) or PGD-L∞ (``steps`` ε/4 steps from a random start)."""
     if attack == "fgsm":
-        atk = MaskedPGD(eps=eps, step=eps, steps=1, random_start=False)
-    elif attack == "pgd":
-        atk = MaskedPGD(eps=eps, step=eps / 4, steps=steps, random_start=True)
-    else:
-        raise LookupError(f"adversarial noise: expected 'fgsm' or 'pgd', got {attack!r}")
-    return atk.run(model, x, y, full, generator=seed).x_adv
+        return MaskedPGD(eps=eps, step=eps, steps=1, random_start=False)
+    if attack == "pgd":
+        return MaskedPGD(eps=eps, step=eps / 4, steps=steps, random_start=True)
+    raise LookupError(f"adversarial noise: expected 'fgsm' or 'pgd', got {attack!r}")
 
 
 def evaluate_defensive_patch(models: Dict[str, object], x: Tensor, y, patch: DefensivePatch, *,
@@ -102,7 +109,9 @@ def evaluate_defensive_patch(models: Dict[str, object], x: Tensor, y, patch: Def
         seed: corruption and attack seed (default 0). progress: tqdm bar (default True).
 
     Returns:
-        A list of row dicts (see the module doc).
+        A list of row dicts (see the module doc). Each accuracy is one evaluation cell
+        (:func:`patchbench.evaluate`); the adversarial ones attack ``batch_size`` images per cell,
+        each with the seed ``seed``.
     """
     if not isinstance(patch, DefensivePatch):
         raise TypeError(f"patch: expected a DefensivePatch, got {type(patch).__name__}")
@@ -138,10 +147,23 @@ def evaluate_defensive_patch(models: Dict[str, object], x: Tensor, y, patch: Def
         len(PATCHES) * len(models) * 2 * len(epsilons)
     bar = tqdm(total=total, desc="defensive patch eval", disable=not progress, leave=False)
 
-    def score(xs, kind, noise, sev, names=None):
-        for name in names or models:
-            rows.append(_row(name, name in held, kind, noise, sev,
-                             predict_labels(models[name], xs, batch_size), y))
+    from ..evaluation import evaluate
+
+    def score(xs, kind, noise, sev):
+        for name in models:
+            ev = evaluate(models[name], xs, y, batch_size=batch_size)
+            rows.append(_row(name, name in held, kind, noise, sev, ev.clean))
+
+    def attacked(model, xa, ya, attack, eps) -> Rate:
+        """Accuracy under FGSM / PGD, one cell per ``batch_size`` images (seed ``seed`` each)."""
+        atk = _noise_attack(attack, eps, pgd_steps)
+        k = n = 0
+        for i in range(0, len(xa), batch_size):
+            xb, yb = xa[i:i + batch_size], ya[i:i + batch_size]
+            r = evaluate(model, xb, yb, atk, None, _full_mask(xb), generator=seed,
+                         batch_size=batch_size).robust
+            k, n = k + r.k, n + r.n
+        return Rate.of(k, n)
 
     for kind, xv in variants.items():
         score(xv, kind, "clean", 0)
@@ -154,11 +176,8 @@ def evaluate_defensive_patch(models: Dict[str, object], x: Tensor, y, patch: Def
         for name, model in models.items():
             for attack in ("fgsm", "pgd"):
                 for eps in epsilons:
-                    adv = torch.cat([adversarial_images(model, xa[i:i + batch_size], ya[i:i + batch_size],
-                                                        attack, float(eps), pgd_steps, seed)
-                                     for i in range(0, len(xa), batch_size)])
                     rows.append(_row(name, name in held, kind, attack, round(float(eps), 6),
-                                     predict_labels(model, adv, batch_size), ya))
+                                     attacked(model, xa, ya, attack, float(eps))))
                     bar.update(1)
     bar.close()
     return rows

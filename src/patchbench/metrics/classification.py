@@ -28,6 +28,7 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
+from .._io import predict_batched
 from .._validation import (check_images, check_int, check_labels, check_positive,
                            check_positive_int, check_tensor_device)
 
@@ -147,21 +148,13 @@ def _check_model(model) -> None:
         raise TypeError(f"model: expected a callable classifier (nn.Module), got {type(model).__name__}")
 
 
-@torch.no_grad()
+def _argmax(z: Tensor) -> Tensor:
+    return z.argmax(-1)
+
+
 def _predict(model, x: Tensor, batch_size: int) -> Tensor:
-    is_module = isinstance(model, torch.nn.Module)
-    was_training = is_module and model.training
-    if is_module:
-        model.eval()
-    param = next(model.parameters(), None) if is_module else None
-    dev = param.device if param is not None else x.device
-    try:
-        preds = [model(x[i:i + batch_size].to(dev)).argmax(-1).to(x.device)
-                 for i in range(0, x.shape[0], batch_size)]
-    finally:
-        if was_training:
-            model.train()
-    return torch.cat(preds)
+    """Inner helper (inputs already validated): argmax labels via :func:`patchbench._io.predict_batched`."""
+    return predict_batched(model, x, batch_size, reduce=_argmax)
 
 
 def clean_accuracy(model, x: Tensor, y, batch_size: int = 64) -> Rate:

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._validation import check_model_input, check_positive_int
+from .._io import predict_batched
+from .._validation import check_model_input, check_positive_int, check_tensor_device
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -123,11 +124,11 @@ class ImageClassifier(nn.Module):
         return predict_in_batches(self, x, batch_size)
 
 
-@torch.no_grad()
 def predict_in_batches(module: nn.Module, x: Tensor, batch_size: int = 64) -> tuple[Tensor, Tensor]:
     """``(labels, confidences)`` of a logits-returning ``module`` in eval mode, ``batch_size`` images
-    at a time; the module's train/eval mode is restored afterwards. ``module`` validates the images;
-    an empty batch runs it once (so bad shapes are still refused) and gives empty tensors."""
+    at a time, without gradients (:func:`patchbench._io.predict_batched`); the module's train/eval
+    mode is restored afterwards. ``module`` validates the images; an empty batch runs it once (so bad
+    shapes are still refused) and gives empty tensors."""
     if not isinstance(x, Tensor):
         hint = (" (convert with torch.from_numpy(a).permute(0, 3, 1, 2).float() / 255)"
                 if type(x).__name__ == "ndarray" else "")
@@ -136,17 +137,10 @@ def predict_in_batches(module: nn.Module, x: Tensor, batch_size: int = 64) -> tu
     batch_size = check_positive_int(batch_size, "batch_size")
     if x.dim() != 4:
         raise ValueError(f"x: expected a 4-D tensor N×C×H×W, got shape {tuple(x.shape)}")
-    was_training = module.training
-    module.eval()
-    labels, confs = [], []
-    try:
-        if x.shape[0] == 0:
-            c, lab = module(x).softmax(-1).max(-1)
-            return lab, c
-        for i in range(0, x.shape[0], batch_size):
-            c, lab = module(x[i:i + batch_size]).softmax(-1).max(-1)
-            labels.append(lab)
-            confs.append(c)
-    finally:
-        module.train(was_training)
-    return torch.cat(labels), torch.cat(confs)
+    check_tensor_device(x, "x")
+    return predict_batched(module, x, batch_size, reduce=_labels_and_confidences)
+
+
+def _labels_and_confidences(logits: Tensor) -> tuple[Tensor, Tensor]:
+    conf, label = logits.softmax(-1).max(-1)
+    return label, conf

@@ -249,7 +249,7 @@ class MTCNN(nn.Module):
         self.factor = check_fraction(factor, "factor")
         pretrained = check_bool(pretrained, "pretrained")
         # Crops per R-/O-Net forward (by crop side). Thousands of crops in one batch spill the CPU
-        # caches: bounded chunks make batched detection faster (bench/mtcnn_speed.py).
+        # caches: bounded chunks make batched detection faster (perf/mtcnn_speed.py).
         self.crop_chunk = {24: 512, 48: 64}
         self.pnet, self.rnet, self.onet = PNet(), RNet(), ONet()
         if pretrained:

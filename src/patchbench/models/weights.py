@@ -22,7 +22,6 @@ Example::
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import re
@@ -33,6 +32,7 @@ from typing import Dict, Mapping, Optional, Union
 import torch
 from torch import Tensor, nn
 
+from .._io import file_fingerprint
 from .._validation import check_path
 
 #: The manifest of shipped assets, ``sha256sum`` format (``<hex>  <file name>``).
@@ -63,12 +63,8 @@ def _stat_key(path: Path, what: str) -> tuple:
 
 
 def file_sha256(path) -> str:
-    """Hex sha256 of a file (read in 1 MiB chunks)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """Hex sha256 of a file (the full digest of :func:`patchbench._io.file_fingerprint`)."""
+    return file_fingerprint(path, length=None)
 
 
 def verify_sha256(path, expected: str, fix: str) -> None:

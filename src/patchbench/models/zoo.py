@@ -32,6 +32,8 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from .._io import cache_root
+from .._registry import normalize_name, resolve_name
 from .._validation import check_device, check_positive_int, check_seed
 from .base import IMAGENET_MEAN, IMAGENET_STD, ImageClassifier, Normalize
 from .weights import (KNOWN_SHA256, check_finite, load_file, load_state_dict_checked, verify_asset,
@@ -83,13 +85,23 @@ class ModelSpec:
 
 
 _REGISTRY: Dict[str, ModelSpec] = {}
+_FOLDED: Dict[str, str] = {}      # normalize_name(name) → the registered spelling
 
 
 def register(spec: ModelSpec) -> ModelSpec:
-    """Add (or replace) a model in the registry; returns ``spec`` so it can be used as a value."""
+    """Add (or replace) a model in the registry; returns ``spec`` so it can be used as a value.
+
+    A name that folds (:func:`patchbench._registry.normalize_name`) to a registered *other* name
+    (``"my-net"`` beside ``"my_net"``) is a ``ValueError``: names must stay unambiguous.
+    """
     if not isinstance(spec, ModelSpec):
         raise TypeError(f"register: expected a ModelSpec, got {type(spec).__name__}")
+    key = normalize_name(spec.name)
+    if _FOLDED.get(key, spec.name) != spec.name:
+        raise ValueError(f"register: model name {spec.name!r} folds to the same name as the "
+                         f"registered {_FOLDED[key]!r} (case, '_' and '-' do not tell names apart)")
     _REGISTRY[spec.name] = spec
+    _FOLDED[key] = spec.name
     return spec
 
 
@@ -99,20 +111,14 @@ def names() -> list:
 
 
 def get_spec(name: str) -> ModelSpec:
-    """The :class:`ModelSpec` registered under ``name`` (``LookupError`` listing names otherwise)."""
-    if not isinstance(name, str):
-        raise TypeError(f"model name: expected a string, got {type(name).__name__}")
-    key = name.strip().lower().replace("-", "_")
-    if key not in _REGISTRY:
-        raise LookupError(f"unknown model {name!r}; available models: {', '.join(names())}")
-    return _REGISTRY[key]
+    """The :class:`ModelSpec` registered under ``name``, folded like every registry name
+    (``"FMNIST-CNN-Small"`` is ``"fmnist_cnn_small"``); ``LookupError`` listing names otherwise."""
+    return _REGISTRY[resolve_name(name, names(), "model", known="available models")]
 
 
 def cache_dir() -> Path:
-    """``$PATCHBENCH_HOME/weights`` or ``~/.cache/patchbench/weights``."""
-    home = os.environ.get("PATCHBENCH_HOME")
-    base = Path(home).expanduser() if home else Path.home() / ".cache" / "patchbench"
-    return base / "weights"
+    """``$PATCHBENCH_HOME/weights`` or ``~/.cache/patchbench/weights`` (:func:`patchbench._io.cache_root`)."""
+    return cache_root("weights")
 
 
 def package_file(package: str, path: str) -> Optional[Path]:

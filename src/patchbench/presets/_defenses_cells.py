@@ -9,7 +9,8 @@ Attackers (PatchZero, Xu et al. WACV 2023, §3.3 and Table 1):
 * ``attack = "none"``: benign accuracy of the defended model.
 * downstream-only (DO, ``adaptive = False``): the attack runs on the bare classifier and the defense
   sees the result. Every DO cell of one (attack, area) shares the *same* attacked images — the attack
-  only depends on the classifier and the seed — so it is run once and cached in ``cache/``.
+  only depends on the classifier and the seed — so it is run once, cached in ``cache/`` and handed to
+  :func:`patchbench.evaluation.evaluate` as its ``attack_result``.
 * adaptive (``adaptive = True``): :func:`patchbench.evaluation.evaluate` attacks
   ``Defended(model, defense)``, passing gradients as the defense declares (exact, BPDA, EOT).
 """
@@ -23,11 +24,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Optional
 
-import torch
 from torch import Tensor
 
+from .._io import atomic_save, predict_batched
+from ..attacks.base import AttackResult
 from ..evaluation import evaluate
-from ..metrics import classification as M
 from ..models.weights import load_cache
 
 ATTACK_LABELS = {"masked-pgd": "MPGD", "masked-apgd": "MAPGD", "masked-cw": "MCW"}
@@ -94,10 +95,9 @@ def build_attack(name: str, steps: int):
     return attacks.get(name, steps=steps)
 
 
-@torch.no_grad()
 def predict(model, x: Tensor, batch_size: int = 256) -> Tensor:
     """Labels of ``model`` (a classifier or ``Defended``) on ``x``, in eval mode, batched."""
-    return torch.cat([model(x[i:i + batch_size]).argmax(-1) for i in range(0, x.shape[0], batch_size)])
+    return predict_batched(model, x, batch_size, reduce=lambda z: z.argmax(-1))
 
 
 class CellRunner:
@@ -123,7 +123,8 @@ class CellRunner:
 
     def do_attack(self, attack: str, area: float, steps: int, seed: int) -> dict:
         """The DO attack on all ``len(x)`` images (run once, then read from memory/disk):
-        ``{"x_adv", "mask", "pred"}`` with ``pred`` the bare model's labels on ``x_adv``."""
+        ``{"x_adv", "mask", "success", "eligible"}`` (a cache written before ``success`` was kept
+        gets it from the bare model's predictions)."""
         spec = dict(model=self.model_name, dataset=self.dataset, attack=attack, area=area,
                     steps=steps, seed=seed, n=int(self.x.shape[0]), weights=self.fingerprint)
         key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
@@ -134,13 +135,22 @@ class CellRunner:
         if not isinstance(res, dict) or not {"x_adv", "mask"} <= set(res):
             r = build_attack(attack, steps).run(self.model, self.x, self.y, self.threat_for(area),
                                                 generator=seed)
-            res = {"x_adv": r.x_adv.detach(), "mask": r.mask.detach(), "spec": json.dumps(spec)}
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
-            torch.save(res, tmp)
-            os.replace(tmp, path)
+            res = {"x_adv": r.x_adv.detach(), "mask": r.mask.detach(), "success": r.success,
+                   "eligible": r.eligible, "spec": json.dumps(spec)}
+            atomic_save(res, path)
+        elif not {"success", "eligible"} <= set(res):
+            self.model.eval()
+            res = dict(res, success=predict(self.model, res["x_adv"]) != self.y,
+                       eligible=predict(self.model, self.x) == self.y)
         self._attacks[key] = res
         return res
+
+    def do_result(self, cell: "Cell") -> AttackResult:
+        """The cached DO attack of ``cell`` on its first ``n`` images, as an ``AttackResult``."""
+        r = self.do_attack(cell.attack, cell.patch_area, cell.steps, cell.seed)
+        n = cell.n
+        return AttackResult(x_adv=r["x_adv"][:n], patch=None, mask=r["mask"][:n],
+                            success=r["success"][:n], eligible=r["eligible"][:n])
 
     def run(self, cell: Cell) -> dict:
         """Compute one cell and return its row."""
@@ -149,12 +159,14 @@ class CellRunner:
         x, y = self.x[:cell.n], self.y[:cell.n]
         defense = self.make_defense(cell.defense, cell)
         extra = {}
-        if cell.attack == "none" or not cell.adaptive:
-            ev = self._benign_or_do(cell, defense, x, y)
+        if cell.attack == "none":
+            ev = evaluate(self.model, x, y, None, defense, batch_size=256)
+        elif not cell.adaptive:   # the shared DO attack, scored behind this defense
+            ev = evaluate(self.model, x, y, build_attack(cell.attack, cell.steps), defense,
+                          batch_size=256, attack_result=self.do_result(cell))
         else:
-            e = evaluate(self.model, x, y, build_attack(cell.attack, cell.steps), defense,
-                         self.threat_for(cell.patch_area), adaptive=True, generator=cell.seed)
-            ev = dict(clean=e.clean, robust=e.robust, asr=e.asr)
+            ev = evaluate(self.model, x, y, build_attack(cell.attack, cell.steps), defense,
+                          self.threat_for(cell.patch_area), adaptive=True, generator=cell.seed)
         if cell.defense == "patchcleanser" and cell.attack == "none" and cell.options.get("certify", True):
             ok = defense.certify(self.model, x, y)
             extra["certified_acc"] = float(ok.float().mean())
@@ -163,42 +175,12 @@ class CellRunner:
         row = dict(model=self.model_name, dataset=self.dataset, defense=cell.defense,
                    attack=cell.attack, adaptive=cell.adaptive, patch_area=cell.patch_area, n=cell.n,
                    steps=cell.steps, seed=cell.seed,
-                   attacker=_attacker(cell, defense),
-                   clean_acc=ev["clean"].value, robust_acc=ev["robust"].value,
-                   robust_acc_ci=[ev["robust"].lo, ev["robust"].hi], asr=ev["asr"].value,
+                   attacker=ev.attacker,
+                   clean_acc=ev.clean.value, robust_acc=ev.robust.value,
+                   robust_acc_ci=[ev.robust.lo, ev.robust.hi], asr=ev.asr.value,
                    options=cell.options, seconds=round(time.time() - t0, 2), key=cell.key)
         row.update(extra)
         return row
-
-    def _benign_or_do(self, cell: Cell, defense, x: Tensor, y: Tensor) -> dict:
-        from ..defenses.base import Defended
-        target = self.model if defense is None else Defended(self.model, defense).eval()
-        oracle = hasattr(defense, "set_mask")
-        if oracle:
-            defense.set_mask(torch.zeros_like(x[:, :1]))
-        # the oracle's mask covers all n images: predict them in one batch
-        bs = x.shape[0] if oracle else 256
-        pred_clean = predict(target, x, bs)
-        clean = M.accuracy(pred_clean, y)
-        if cell.attack == "none":
-            return dict(clean=clean, robust=clean, asr=M.success_rate(pred_clean, pred_clean, y))
-        res = self.do_attack(cell.attack, cell.patch_area, cell.steps, cell.seed)
-        xa = res["x_adv"][:cell.n]
-        if oracle:
-            defense.set_mask(res["mask"][:cell.n])
-        pred_adv = predict(target, xa, bs)
-        return dict(clean=clean, robust=M.accuracy(pred_adv, y),
-                    asr=M.success_rate(pred_clean, pred_adv, y))
-
-
-def _attacker(cell: Cell, defense) -> str:
-    if cell.attack == "none":
-        return "none"
-    if not cell.adaptive:
-        return "DO"
-    grad = getattr(defense, "gradient", "exact")
-    eot = " + EOT" if getattr(defense, "randomized", False) else ""
-    return f"adaptive ({grad}{eot})"
 
 
 def run_cells(runner: CellRunner, cells, store: CellStore, log: Optional[Callable] = print) -> dict:

@@ -115,12 +115,11 @@ def gallery_items(model, x, y, attack: dict, defenses: Dict[str, object], class_
     with torch.no_grad():
         pred_adv = model(xa).argmax(-1)
     for did, d in defenses.items():
-        if hasattr(d, "set_mask"):
-            d.set_mask(true_mask)
+        d = d.with_mask(true_mask)   # the GT oracle repaints the true mask; others ignore it
         with torch.no_grad():
             purified = d(xa)
             pred = model(purified).argmax(-1)
-            mask = _detected(d, xa)
+            mask = _detected(d, xa, true_mask)
         for i in range(xa.shape[0]):
             ok = "✓" if int(pred[i]) == int(y[i]) else "✗"
             items.append(GalleryItem(xa[i], f"{LABELS.get(did, did)} — patched; undefended: "
@@ -131,11 +130,11 @@ def gallery_items(model, x, y, attack: dict, defenses: Dict[str, object], class_
     return items
 
 
-def _detected(d, x):
+def _detected(d, x, true_mask):
     if hasattr(d, "predict_mask"):
         return d.predict_mask(x)
-    if hasattr(d, "set_mask"):
-        return d._mask
+    if d.uses_true_mask:
+        return true_mask
     if hasattr(d, "suppression_map"):
         with torch.enable_grad():
             return (d.smoothing_factor * d.suppression_map(x)).clamp(0, 1).detach()

@@ -27,8 +27,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import hashlib
-import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -36,6 +34,7 @@ from typing import Dict, List, Tuple
 
 import torch
 
+from .._io import cache_root, file_fingerprint, weights_fingerprint
 from .._validation import check_path
 from ..bench.report import Report, write_csv, write_json
 from ._defenses_cells import Cell, CellRunner, CellStore, run_cells
@@ -154,7 +153,7 @@ def _positive(v: int, name: str) -> int:
 
 # ------------------------------------------------------------------------------------ defenses
 def _file_hash(path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    return file_fingerprint(path)
 
 
 def patchzero_checkpoints(a: argparse.Namespace, wanted) -> Dict[str, str]:
@@ -170,8 +169,7 @@ def patchzero_checkpoints(a: argparse.Namespace, wanted) -> Dict[str, str]:
     if all(Path(p).is_file() for p in paths.values()):
         return {k: str(v) for k, v in paths.items()}
     from ..training.patchzero import PatchZeroTrainConfig, train_patchzero
-    home = os.environ.get("PATCHBENCH_HOME")
-    cache = (Path(home).expanduser() if home else Path.home() / ".cache" / "patchbench") / "patchzero_fmnist"
+    cache = cache_root("patchzero_fmnist")
     print(f"PatchZero checkpoints not found ({', '.join(str(p) for p in paths.values())}); training "
           f"them into {cache} (resumable)")
     cfg = PatchZeroTrainConfig(classifier=a.model, n_train=2000, epochs_stage1=4, epochs_stage2=1,
@@ -205,40 +203,32 @@ def defense_options(defense: str, area: float, hw: Tuple[int, int], fill, pz: Di
     return {}
 
 
+#: table rows → registered defenses (the PatchZero rows are two checkpoints of one defense)
+REGISTRY_NAMES = {"undefended": "none", "patchzero-do": "patchzero", "patchzero-two-stage": "patchzero"}
+#: cell options that key a cell but are not constructor options
+_NOT_OPTIONS = ("model_weights", "certify")
+
+
 def defense_factory(model, hw: Tuple[int, int], fill, pz: Dict[str, str]):
-    """``(defense_id, cell) -> Defense or None`` built from the cell's options."""
+    """``(defense_id, cell) -> Defense or None``: :func:`patchbench.defenses.build` from a context
+    (the model, image size, fill, device and the PatchZero checkpoints as artifacts) and the
+    cell's options."""
     from .. import defenses as D
 
+    ctx = D.BuildContext(model=model, image_size=hw, fill=fill or None,
+                         device=str(cell_device(model)), artifacts=dict(pz))
+
     def make(did: str, cell: Cell):
-        o = {k: v for k, v in cell.options.items() if k != "model_weights"}
-        if did == "undefended":
-            return None
-        if did == "gt-mask":
-            return D.GTMaskOracle(fill=o["fill"])
-        if did == "jpeg":
-            return D.JPEG(quality=o["quality"])
-        if did == "median-filter":
-            return D.MedianFilter(k=o["k"])
-        if did == "lgs":
-            return D.LGS(**o)
-        if did in ("slgs", "wlgs"):
-            return (D.SLGS if did == "slgs" else D.WLGS)(model, **o)
-        if did == "patchcleanser":
-            return D.PatchCleanser(o["patch_size"], hw, k=o["k"], fill=o["fill"])
-        if did in pz:
-            return D.PatchZero.load(pz[did], device=cell_device(model)).eval()
-        raise LookupError(f"unknown defense id {did!r}")
+        o = {k: v for k, v in cell.options.items() if k not in _NOT_OPTIONS}
+        if did in pz:   # the option is the checkpoint's hash (a cell key); the path is the artifact
+            o["checkpoint"] = f"@{did}"
+        elif did.startswith("patchzero"):
+            raise LookupError(f"defense {did!r}: no PatchZero checkpoint given for it")
+        return D.build(REGISTRY_NAMES.get(did, did), ctx, **o)
 
     return make
 
 
-def weights_fingerprint(model) -> str:
-    """Short sha256 of a model's weights."""
-    h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def cell_device(model) -> torch.device:

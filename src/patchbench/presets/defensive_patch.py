@@ -24,8 +24,6 @@ Example::
 """
 from __future__ import annotations
 
-import hashlib
-import os
 import shutil
 from importlib import resources
 from pathlib import Path
@@ -33,6 +31,7 @@ from typing import List, Optional
 
 import torch
 
+from .._io import cache_root, weights_fingerprint
 from ..bench.report import GalleryItem, Report, write_csv, write_json
 from ..defensive.apply import DefensivePatch, patch_sheet
 from ..defensive.evaluate import (evaluate_defensive_patch, family_table, gallery_items, severity_plot,
@@ -70,17 +69,13 @@ def imagenet_config(epochs: int = 4) -> DefensivePatchConfig:
 
 
 def fingerprint(model) -> str:
-    """Short sha256 of a model's weights: a cached patch is reused only for the same weights."""
-    h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
+    """Short sha256 of a model's weights (:func:`patchbench._io.weights_fingerprint`, the digest
+    the shipped patch records): a cached patch is reused only for the same weights."""
+    return weights_fingerprint(model)
 
 
 def _cache_root() -> Path:
-    home = os.environ.get("PATCHBENCH_HOME")
-    return (Path(home).expanduser() if home else Path.home() / ".cache" / "patchbench") / "defensive"
+    return cache_root("defensive")
 
 
 def _cached_patch(part: str, out: Path, prints: dict, cfg: DefensivePatchConfig) -> Optional[DefensivePatch]:

@@ -50,12 +50,10 @@ import torch
 from ..attacks.face import STRATEGIES, FacePatch, initial_patch, paste_on_faces
 from ..bench.report import GalleryItem, Report, tensor_to_pil, write_csv, write_json
 from ..data.faces import composite_faces, real_faces
-from ..metrics.detection import (afbeta, average_precision, count_patch_detections, precision_recall,
-                                 threshold_fbeta_curve)
+from ..metrics.detection import threshold_fbeta_curve
 from ..models.mtcnn import load_mtcnn
 from ..models.weights import load_cache
-
-BETAS = (0.001, 0.01, 0.1, 0.5)             # Fig. 8
+from ..tasks.face import BETAS  # noqa: F401  (Fig. 8's β)
 UNOPTIMISED = ("noise", "natural", "face")  # Table 1's "w/o" rows (our three initialisations)
 
 
@@ -132,11 +130,10 @@ def _patched_sets(test_sets, patch, alpha):
 
 
 def _metrics(dets, gts, pboxes, delta: float, n_faces: int) -> dict:
-    p, r = precision_recall(dets, gts, delta=delta)
-    return {"delta": delta, "n_faces": n_faces, "precision": p, "recall": r,
-            "patch_detections": int(count_patch_detections(dets, pboxes, delta=delta).sum()),
-            "afbeta": {b: afbeta(dets, gts, beta=b) for b in BETAS},
-            "ap": average_precision(dets, gts)}
+    """The face task's detection scores (:meth:`patchbench.tasks.face.FaceDetection.
+    detection_scores`): precision / recall at δ, detections on the patch, AF_β, AP."""
+    from .. import tasks
+    return tasks.get("face-detection").detection_scores(dets, gts, pboxes, delta, BETAS)
 
 
 def _evaluate(name, kind, patched, gts, detectors, delta) -> tuple:

@@ -2,9 +2,9 @@
 
 A checkpoint is one ``torch.save`` file holding ``{model, optimizer, scheduler, epoch, step, rng,
 config, extra}``. It is written to a temporary file in the same folder and moved into place with
-``os.replace`` (atomic on POSIX and Windows), so a run killed mid-write never leaves a truncated
-checkpoint: the previous one stays valid. Everything stored is loadable with
-``torch.load(weights_only=True)`` (tensors and plain Python values only).
+``os.replace`` (atomic on POSIX and Windows; :func:`patchbench._io.atomic_save`), so a run killed
+mid-write never leaves a truncated checkpoint: the previous one stays valid. Everything stored is
+loadable with ``torch.load(weights_only=True)`` (tensors and plain Python values only).
 
 Loading fails with a ``ValueError`` naming the file for anything that is not such a checkpoint —
 garbage or truncated files, damaged bytes (zip CRC), NaN/Inf in the model's tensors, or a model
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Dict, Mapping, Optional
 
@@ -32,7 +31,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._validation import check_int, check_path
+from .._io import atomic_save  # noqa: F401 - the one home of atomic writes; importable from here too
+from .._validation import check_int
 
 CHECKPOINT_VERSION = 1
 
@@ -46,27 +46,6 @@ def _check_module(module, name: str) -> nn.Module:
 def _first_line(e: BaseException) -> str:
     lines = str(e).strip().splitlines()
     return lines[0][:300] if lines else type(e).__name__
-
-
-def atomic_save(obj, path) -> Path:
-    """``torch.save(obj)`` to ``path`` via a temporary file + ``os.replace``; returns the path."""
-    path = check_path(path, "path", kind="file", must_exist=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)   # mkstemp creates 0600; give the usual file mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def save_weights(module: nn.Module, path) -> Path:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .._io import predict_batched
 from .._validation import (check_bool, check_device, check_images, check_int, check_labels,
                            check_nonnegative, check_number, check_path, check_positive,
                            check_positive_int, check_seed, trusted_inputs)
@@ -117,20 +118,13 @@ def random_stickers(x: Tensor, generator: torch.Generator, p: float = 0.5,
     return (out, mask.to(x.dtype)) if return_mask else out
 
 
-@torch.no_grad()
 def accuracy(model, x: Tensor, y: Tensor, batch_size: int = 1000) -> float:
-    """Top-1 accuracy of ``model`` (eval mode) on ``(x, y)``."""
+    """Top-1 accuracy of ``model`` (eval mode, no gradients) on ``(x, y)``."""
     x = check_images(x, "x")
     y = check_labels(y, len(x), name="y")
     batch_size = check_positive_int(batch_size, "batch_size")
-    was = model.training
-    model.eval()
-    dev = next(model.parameters()).device
-    correct = 0
-    for i in range(0, len(x), batch_size):
-        correct += int((model(x[i:i + batch_size].to(dev)).argmax(-1).cpu() == y[i:i + batch_size]).sum())
-    model.train(was)
-    return correct / len(x)
+    pred = predict_batched(model, x, batch_size, reduce=lambda z: z.argmax(-1))
+    return int((pred == y.to(pred.device)).sum()) / len(x)
 
 
 def _fashion_mnist_data(root, train_limit: Optional[int], test_limit: Optional[int]):

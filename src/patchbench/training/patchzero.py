@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
@@ -283,9 +282,8 @@ def attack_batch(target, x: Tensor, y: Tensor, cfg: PatchZeroTrainConfig, steps:
 
 
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    from .._io import atomic_save
+    atomic_save(obj, path)
 
 
 def stage1_attacks(cfg: PatchZeroTrainConfig, classifier, x: Tensor, y: Tensor, out_dir: Path,
@@ -495,40 +493,46 @@ def evaluate_patchzero(defense: PatchZero, classifier, x: Tensor, y: Tensor, are
 
     Returns a flat dict of floats, e.g. ``acc_do_patchzero``, ``acc_do_gt_mask``, ``f1_do``,
     ``acc_adaptive_patchzero`` (the worst over ``adaptive``), ``benign_image_fp_rate``.
+
+    Every accuracy is one evaluation cell (:func:`patchbench.evaluate`): the attack runs once per
+    attacker (DO on the bare classifier, each BPDA mode on the defended one) and the undefended and
+    GT-mask rows score that same ``AttackResult``.
     """
+    from ..defenses.oracle import GTMaskOracle
+    from ..evaluation import evaluate
     from ..metrics.segmentation import benign_false_positives, pixel_scores
     from ..patches import Threat
     threat = Threat(area=area, shape="square", placement="random")
     atk = _attack(attack, steps, attack_kwargs or {})
-    fill = defense.fill.to(x.device)
+    oracle = GTMaskOracle(fill=defense.fill.flatten().tolist())
 
-    def acc(z: Tensor) -> float:
-        return float((classifier.predict(z)[0] == y).float().mean())
+    def acc(pred: Tensor) -> float:
+        return float((pred == y).float().mean())
 
-    def rows(tag: str, res) -> dict:
-        oracle = res.x_adv * (1 - res.mask) + fill * res.mask
+    def rows(tag: str, res, ev_patchzero) -> dict:
         s = pixel_scores(defense.predict_mask(res.x_adv, dilated=False), res.mask)
         s_dil = pixel_scores(defense.predict_mask(res.x_adv), res.mask)
-        with torch.no_grad():
-            purified = defense(res.x_adv)
-        return {f"acc_{tag}_undefended": acc(res.x_adv), f"acc_{tag}_gt_mask": acc(oracle),
-                f"acc_{tag}_patchzero": acc(purified), f"precision_{tag}": s["precision"],
+        score = {d: evaluate(classifier, x, y, atk, d, attack_result=res).pred_adv
+                 for d in (None, oracle)}
+        return {f"acc_{tag}_undefended": acc(score[None]), f"acc_{tag}_gt_mask": acc(score[oracle]),
+                f"acc_{tag}_patchzero": acc(ev_patchzero.pred_adv), f"precision_{tag}": s["precision"],
                 f"recall_{tag}": s["recall"], f"f1_{tag}": s["f1"], f"f1_dilated_{tag}": s_dil["f1"],
                 f"recall_dilated_{tag}": s_dil["recall"], f"attack_success_{tag}": res.success_rate}
 
-    with torch.no_grad():
-        out = dict(acc_benign_undefended=acc(x), acc_benign_patchzero=acc(defense(x)))
+    do = evaluate(classifier, x, y, atk, None, threat, generator=seed)
+    do_pz = evaluate(classifier, x, y, atk, defense, attack_result=do.result)
+    out = dict(acc_benign_undefended=acc(do.pred_clean), acc_benign_patchzero=acc(do_pz.pred_clean))
     fp = benign_false_positives(defense.predict_mask(x))
     out.update(benign_image_fp_rate=fp["image_fp_rate"], benign_pixel_fp_rate=fp["pixel_fp_rate"])
-    out.update(rows("do", atk.run(classifier, x, y, threat, generator=seed)))
+    out.update(rows("do", do.result, do_pz))
     gradient = defense.gradient
     for mode in adaptive:
         defense.gradient = mode
         try:
-            res = atk.run(Defended(classifier, defense), x, y, threat, generator=seed)
+            ev = evaluate(classifier, x, y, atk, defense, threat, adaptive=True, generator=seed)
         finally:
             defense.gradient = gradient
-        out.update(rows(mode, res))
+        out.update(rows(mode, ev.result, ev))
     if adaptive:
         out["acc_adaptive_patchzero"] = min(out[f"acc_{m}_patchzero"] for m in adaptive)
     return out

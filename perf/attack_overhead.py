@@ -8,7 +8,7 @@ Measures, in one run (warm-up, median of repetitions, fixed thread count):
     square masks at random places (the same masks for both).
 Last line: ``overhead patchbench=R1 art=R2`` (per-iteration cost / bare forward+backward).
 
-Usage: ``python bench/attack_overhead.py [--threads 1] [--reps 5] [--iters 20] [--device cpu]``
+Usage: ``python perf/attack_overhead.py [--threads 1] [--reps 5] [--iters 20] [--device cpu]``
 """
 from __future__ import annotations
 

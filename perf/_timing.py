@@ -1,5 +1,5 @@
-"""Timing shared by the bench scripts (imported as a sibling module: scripts run as
-``python bench/NAME.py``, which puts ``bench/`` first on ``sys.path``)."""
+"""Timing shared by the perf scripts (imported as a sibling module: scripts run as
+``python perf/NAME.py``, which puts ``perf/`` first on ``sys.path``)."""
 import statistics
 import time
 

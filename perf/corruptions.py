@@ -9,7 +9,7 @@ machine; on a shared one the wall-clock rate drops with the other processes' sha
 several threads the CPU-time rate also counts their spin-waits, so use ``--threads 1`` for it).
 Last line: ``corruptions slowest=S fastest=F`` (wall-clock images/s, Fashion-MNIST batch).
 
-Usage: ``python bench/corruptions.py [--threads 2] [--reps 3] [--severity 3] [--device cpu]``
+Usage: ``python perf/corruptions.py [--threads 2] [--reps 3] [--severity 3] [--device cpu]``
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ shrinks with their size (per-call overhead vs convolution work): measured on the
 16×256² 1.8–1.9× (median of 10; best-of-N runs gave 1.6–1.9×), 32×192² (the face-patch preset's
 test set) 2.4×, 32×128² 3.8×.
 
-Usage: ``python bench/mtcnn_speed.py [--n 16] [--size 256] [--device cpu] [--threads 2] [--repeats 10]``
+Usage: ``python perf/mtcnn_speed.py [--n 16] [--size 256] [--device cpu] [--threads 2] [--repeats 10]``
 """
 from __future__ import annotations
 

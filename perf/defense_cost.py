@@ -13,7 +13,7 @@ Measures, in one run (one warm-up, then interleaved repetitions, median wall tim
     all images is reported.
 Last line: ``cost lgs=F patchzero=M patchcleanser=E`` (E = the mean over first-round-agreeing images).
 
-Usage: ``python bench/defense_cost.py [--threads 2] [--reps 7] [--batch 8] [--device cpu]``
+Usage: ``python perf/defense_cost.py [--threads 2] [--reps 7] [--batch 8] [--device cpu]``
 """
 from __future__ import annotations
 

@@ -1,0 +1,193 @@
+"""From a validated :class:`~patchbench.bench.config.Experiment` to its cells.
+
+A cell is one combination of model × dataset × attack × defense × threat × adaptive × seed, after the
+overrides. Its *config* is plain JSON-able data holding everything that changes its numbers (the
+attack's and defense's full options, with the registered defaults filled in, and the fingerprints of
+the artifacts it uses); its *key* is the hash of that config. Two rules keep the grid honest and small:
+
+* the ``none`` attack has no adaptive variant, and neither has the ``none`` defense (an adaptive attack
+  on an undefended model is the non-adaptive one);
+* overrides apply in file order; ``skip = true`` removes a cell.
+"""
+from __future__ import annotations
+
+import fnmatch
+import inspect
+import itertools
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+from .._io import config_fingerprint
+from .._registry import normalize_name
+from .config import Entry, Experiment
+
+#: bump when the meaning of a cell config changes, so old stores are not mixed with new cells
+CELL_SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One cell: ``key`` (config hash), ``config`` (JSON-able), a short ``label`` for progress lines,
+    the artifacts it needs and the resources one cell takes on a cluster."""
+
+    key: str
+    config: Dict[str, object]
+    label: str
+    artifacts: tuple = ()
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+
+    @property
+    def seed(self) -> int:
+        return int(self.config["seed"])
+
+
+def _defaults(cls) -> Dict[str, object]:
+    """The keyword defaults of a registered class (its constructor, or ``from_context``)."""
+    fn = getattr(cls, "from_context", None) or cls
+    out = {}
+    for k, p in inspect.signature(fn).parameters.items():
+        if p.default is not inspect.Parameter.empty and p.kind in (p.POSITIONAL_OR_KEYWORD,
+                                                                   p.KEYWORD_ONLY):
+            d = p.default
+            out[k] = list(d) if isinstance(d, tuple) else d
+    return out
+
+
+def _jsonable(v):
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return v
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    return repr(v)
+
+
+def attack_options(entry: Entry) -> Dict[str, object]:
+    if entry.name == "none":
+        return {}
+    from ..attacks.base import _ATTACKS
+    return _jsonable({**_defaults(_ATTACKS.lookup(entry.name)), **entry.options})
+
+
+def defense_options(entry: Entry) -> Dict[str, object]:
+    if entry.name == "none":
+        return {}
+    from ..defenses.base import _DEFENSES
+    cls = _DEFENSES.lookup(entry.name)
+    d = _defaults(cls)
+    d.pop("context", None)
+    return _jsonable({**{k: v for k, v in d.items() if k not in ("model",)}, **entry.options})
+
+
+def _matches(where: Dict[str, object], cfg: Dict[str, object], labels: Dict[str, str]) -> bool:
+    for k, want in where.items():
+        if k in ("shape", "placement"):
+            have = cfg["threat"][k]
+        else:
+            have = cfg[k]
+        if isinstance(want, list):
+            if not any(_eq(k, w, have, labels) for w in want):
+                return False
+        elif not _eq(k, want, have, labels):
+            return False
+    return True
+
+
+def _eq(key: str, want, have, labels: Dict[str, str]) -> bool:
+    if key in ("attack", "defense", "model", "dataset") and isinstance(want, str):
+        pat = normalize_name(want)
+        return fnmatch.fnmatchcase(normalize_name(have), pat) or \
+            fnmatch.fnmatchcase(normalize_name(labels.get(key, "")), pat)
+    if key == "patch_area":
+        return abs(float(want) - float(have)) < 1e-12
+    return want == have
+
+
+def _apply(cfg: Dict[str, object], sets: Dict[str, object]) -> Optional[Dict[str, object]]:
+    if sets.get("skip"):
+        return None
+    if "n" in sets:
+        cfg["n"] = int(sets["n"])
+    for k in ("attack", "defense"):
+        if k in sets and cfg[k] != "none":
+            cfg[f"{k}_options"] = {**cfg[f"{k}_options"], **_jsonable(sets[k])}
+    return cfg
+
+
+def artifact_refs(cfg: Dict[str, object]) -> List[str]:
+    """Names of the artifacts (``"@NAME"`` option values) a cell config uses."""
+    refs = []
+    for part in ("model_options", "defense_options", "attack_options"):
+        for v in cfg.get(part, {}).values():
+            if isinstance(v, str) and v.startswith("@"):
+                refs.append(v[1:])
+    return sorted(set(refs))
+
+
+def expand(exp: Experiment, artifact_prints: Optional[Dict[str, str]] = None) -> List[Cell]:
+    """Every cell of ``exp`` in grid order (models, datasets, threats, defenses, attacks, adaptive,
+    seeds). ``artifact_prints`` maps artifact names to their fingerprints (part of the key: a retrained
+    artifact gives new cells); without it the artifact names stand in (for ``--dry-run``)."""
+    prints = artifact_prints or {}
+    cells, seen = [], set()
+    for model, data, threat, defense, attack, adaptive, seed in itertools.product(
+            exp.models, exp.datasets, exp.threats, exp.defenses, exp.attacks, exp.adaptive, exp.seeds):
+        if adaptive and (attack.name == "none" or defense.name == "none"):
+            continue
+        n = data.options.get("n")
+        cfg: Dict[str, object] = {
+            "schema": CELL_SCHEMA, "experiment": exp.name, "task": exp.task,
+            "model": model.name, "model_options": _jsonable(model.options),
+            "dataset": data.name,
+            "dataset_options": {"split": data.options.get("split", "test"),
+                                "offset": int(data.options.get("offset", 0))},
+            "n": None if n is None else int(n),
+            "attack": attack.name, "attack_options": attack_options(attack),
+            "defense": defense.name, "defense_options": defense_options(defense),
+            "patch_area": float(threat["area"]),
+            "threat": {"shape": threat["shape"], "placement": _jsonable(threat["placement"]),
+                       "aspect": float(threat["aspect"])},
+            "adaptive": bool(adaptive), "seed": int(seed),
+        }
+        labels = {"attack": attack.display(), "defense": defense.display(),
+                  "model": model.display(), "dataset": data.display()}
+        for o in exp.overrides:
+            if cfg is not None and _matches(o["where"], cfg, labels):
+                cfg = _apply(cfg, o["set"])
+        if cfg is None:
+            continue
+        refs = artifact_refs(cfg)
+        cfg["artifacts"] = {r: prints.get(r, r) for r in refs}
+        cfg["labels"] = labels
+        key = config_fingerprint(cfg)
+        if key in seen:           # two axis values that mean the same thing
+            continue
+        seen.add(key)
+        cells.append(Cell(key, cfg, describe(cfg), tuple(refs), exp.num_cpus, exp.num_gpus))
+    return cells
+
+
+def describe(cfg: Dict[str, object]) -> str:
+    """A one-line label: ``fmnist_cnn_small 5% jpeg masked-pgd adaptive n=64 seed 0``."""
+    lab = cfg.get("labels", {})
+    who = "benign" if cfg["attack"] == "none" else (
+        f"{lab.get('attack', cfg['attack'])} {'adaptive' if cfg['adaptive'] else 'DO'}")
+    n = cfg["n"] if cfg["n"] is not None else "all"
+    return (f"{lab.get('model', cfg['model'])} {cfg['patch_area']:.0%} "
+            f"{lab.get('defense', cfg['defense'])} {who} n={n} seed {cfg['seed']}")
+
+
+def select(cells: List[Cell], pattern: Optional[str]) -> List[Cell]:
+    """Cells whose label (or key) contains a match of the glob ``pattern`` (``--only``):
+    case-insensitive, ``_``, ``-`` and spaces alike (``"jpeg*adaptive"``, ``"masked-pgd"``)."""
+    if not pattern:
+        return cells
+    pat = f"*{normalize_name(pattern)}*"
+    return [c for c in cells if fnmatch.fnmatchcase(normalize_name(c.label), pat)
+            or fnmatch.fnmatchcase(c.key, pat)]
+
+
+__all__ = ["Cell", "CELL_SCHEMA", "expand", "describe", "select", "artifact_refs"]
+

@@ -1,0 +1,366 @@
+"""Run an experiment: build its artifacts, expand its grid, compute the cells that are not yet done,
+store each one as it finishes, export and summarise.
+
+``run_experiment`` is what ``patchbench run`` calls. A cell is computed by :func:`compute_cell`, a plain
+function of the cell's config and the run's settings, so the local executor and a Ray worker run the
+same code and get the same numbers for the same seeds.
+
+Non-adaptive attacks only depend on the bare model, the images, the threat and the seed, so every
+defense of one (model, data, attack, threat, seed) shares one attack run (PatchZero §3.3's
+downstream-only attacker): it is computed once and kept in ``DIR/cache/attacks/`` (memory too).
+"""
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+
+from .._io import atomic_save, atomic_write_text, cache_root, config_fingerprint, file_fingerprint
+from .config import ArtifactSpec, Experiment, as_dict
+from .grid import Cell, expand, select
+from .store import CellRecord, ResultsStore
+
+
+# ---- artifacts ---------------------------------------------------------------------------------
+def artifact_path(spec: ArtifactSpec, log: Callable = print) -> Path:
+    """The file of an artifact: a shipped asset, a user file, or trained once into
+    ``$PATCHBENCH_HOME/artifacts/<kind>/<hash of its config>/`` and read from there afterwards."""
+    if spec.source is not None:
+        if spec.source.startswith("asset:"):
+            from importlib import resources
+            return Path(str(resources.files("patchbench").joinpath("assets", spec.source[6:])))
+        return Path(spec.source[5:]).expanduser()
+    ident = {"kind": spec.kind, "config": spec.config}
+    folder = cache_root("artifacts", spec.kind, config_fingerprint(ident))
+    meta = folder / "artifact.json"
+    if meta.is_file():
+        try:
+            recorded = json.loads(meta.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            recorded = None
+        if recorded != ident:
+            raise ValueError(f"artifacts.{spec.name}: the cache {folder} holds an artifact whose config "
+                             f"no longer matches this one ({recorded!r} vs {ident!r}); delete that "
+                             f"folder to retrain it")
+        done = folder / "DONE"
+        if done.is_file():
+            return folder / done.read_text(encoding="utf-8").strip()
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(meta, json.dumps(ident, sort_keys=True))
+    log(f"artifact {spec.name}: training a {spec.kind} into {folder} (resumable)")
+    if spec.kind == "patchzero":
+        from .._config import config_from_mapping
+        from ..training.patchzero import PatchZeroTrainConfig, train_patchzero
+        cfg = config_from_mapping(PatchZeroTrainConfig, spec.config, f"artifacts.{spec.name}.config")
+        path = Path(train_patchzero(cfg, folder, resume=True))
+    elif spec.kind == "classifier":
+        from ..training.classifier import train_classifier
+        path = folder / "model.pt"
+        train_classifier(out_path=path, **spec.config)
+    else:  # the config loader refuses other kinds
+        raise LookupError(f"artifacts.{spec.name}.kind: unknown kind {spec.kind!r}")
+    atomic_write_text(folder / "DONE", path.name)
+    return path
+
+
+def build_artifacts(exp: Experiment, names, log: Callable = print) -> Dict[str, Tuple[str, str]]:
+    """``name -> (path, fingerprint)`` of the artifacts ``names``, in the file's order."""
+    out = {}
+    for name, spec in exp.artifacts.items():
+        if name in names:
+            p = artifact_path(spec, log)
+            out[name] = (str(p), file_fingerprint(p))
+    return out
+
+
+# ---- one cell ----------------------------------------------------------------------------------
+_MODELS: "OrderedDict[str, object]" = OrderedDict()
+_DATA: "OrderedDict[str, tuple]" = OrderedDict()
+_ATTACKS: "OrderedDict[str, object]" = OrderedDict()
+
+
+def _remember(cache: OrderedDict, key: str, make: Callable, size: int = 4):
+    if key in cache:
+        cache.move_to_end(key)
+        return cache[key]
+    value = make()
+    cache[key] = value
+    while len(cache) > size:
+        cache.popitem(last=False)
+    return value
+
+
+def _resolve(value, paths: Dict[str, str]):
+    if isinstance(value, str) and value.startswith("@"):
+        return paths[value[1:]]
+    return value
+
+
+def _load_model(cfg: dict, paths: Dict[str, str], device: str):
+    from ..models import load
+    opts = dict(cfg["model_options"])
+    weights = _resolve(opts.pop("weights", None), paths)
+    kwargs = dict(opts.pop("options", {}))
+    key = json.dumps([cfg["model"], weights, kwargs, device], sort_keys=True)
+    model = _remember(_MODELS, key, lambda: load(cfg["model"], weights=weights, device=device,
+                                                  **kwargs).eval())
+    return model.requires_grad_(False)
+
+
+def _load_data(cfg: dict, device: str):
+    from ..data import load_dataset
+    o = cfg["dataset_options"]
+    key = json.dumps([cfg["dataset"], o, cfg["n"], device], sort_keys=True)
+    return _remember(_DATA, key, lambda: tuple(t.to(device) for t in load_dataset(
+        cfg["dataset"], split=o["split"], n=cfg["n"], offset=o["offset"])))
+
+
+def _threat(cfg: dict):
+    from ..patches import Threat
+    t = cfg["threat"]
+    placement = t["placement"]
+    if isinstance(placement, list):
+        placement = tuple(placement)
+    return Threat(area=cfg["patch_area"], shape=t["shape"], placement=placement, aspect=t["aspect"])
+
+
+def _attack_key(cfg: dict) -> str:
+    keep = ("model", "model_options", "dataset", "dataset_options", "n", "attack", "attack_options",
+            "patch_area", "threat", "seed", "task")
+    return config_fingerprint({**{k: cfg[k] for k in keep},
+                               "model_artifacts": {k: v for k, v in cfg["artifacts"].items()}})
+
+
+def _cached_do_attack(cfg: dict, settings: dict):
+    """The shared non-adaptive attack result of this cell's group, or ``None`` (not yet computed)."""
+    key = _attack_key(cfg)
+    if key in _ATTACKS:
+        return key, _ATTACKS[key]
+    folder = settings.get("cache_dir")
+    if folder:
+        from ..models.weights import load_cache
+        data = load_cache(Path(folder) / f"{key}.pt", "attack cache", map_location=settings["device"])
+        if isinstance(data, dict) and "result" in data:
+            return key, _as_result(data["result"])
+    return key, None
+
+
+def _as_result(d: dict):
+    from ..attacks.base import AttackResult
+    return AttackResult(**d)
+
+
+def _result_dict(res) -> dict:
+    keep = ("x_adv", "patch", "mask", "success", "history", "info", "eligible")
+    return {k: getattr(res, k) for k in keep if hasattr(res, k)}
+
+
+def compute_cell(cfg: dict, settings: dict) -> Tuple[dict, Optional[dict]]:
+    """Compute one cell: ``(metrics, gallery or None)``. ``settings``: ``device``, ``artifacts``
+    (name → path), ``cache_dir`` (DO attack cache, or None), ``gallery`` (images to keep)."""
+    import patchbench as pb
+    from ..data import dataset_info
+    from ..defenses import BuildContext, build
+
+    device = settings.get("device", "cpu")
+    paths = settings.get("artifacts", {})
+    model = _load_model(cfg, paths, device)
+    x, y = _load_data(cfg, device)
+    info = dataset_info(cfg["dataset"])
+    threat = _threat(cfg)
+    attack = None if cfg["attack"] == "none" else pb.attacks.get(cfg["attack"], **cfg["attack_options"])
+    ctx = BuildContext(model=model, image_size=tuple(x.shape[-2:]), channels=int(x.shape[1]),
+                       fill=tuple(info.get("mean", (0.5,) * x.shape[1])), patch_area=cfg["patch_area"],
+                       device=device, artifacts=dict(paths))
+    defense = None if cfg["defense"] == "none" else build(cfg["defense"], ctx,
+                                                          **cfg["defense_options"])
+    if defense is not None:
+        defense = defense.to(device).eval()
+    reuse = None
+    share = attack is not None and not cfg["adaptive"]
+    if share:
+        key, reuse = _cached_do_attack(cfg, settings)
+    t0 = time.perf_counter()
+    ev = pb.evaluate(model, x, y, attack=attack, defense=defense, threat=threat,
+                     adaptive=cfg["adaptive"], generator=cfg["seed"], task=cfg["task"],
+                     attack_result=reuse)
+    metrics = dict(ev.metrics())
+    metrics["seconds"] = round(time.perf_counter() - t0, 4)
+    if share and reuse is None and ev.result is not None:
+        _ATTACKS[key] = ev.result
+        while len(_ATTACKS) > 4:
+            _ATTACKS.popitem(last=False)
+        if settings.get("cache_dir"):
+            atomic_save({"result": _result_dict(ev.result)}, Path(settings["cache_dir"]) / f"{key}.pt")
+    gallery = _gallery(model, defense, x, y, ev.result, settings.get("gallery", 0))
+    return metrics, gallery
+
+
+def _u8(t: torch.Tensor) -> torch.Tensor:
+    return (t.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+
+
+@torch.no_grad()
+def _gallery(model, defense, x, y, res, k: int) -> Optional[dict]:
+    if not k:
+        return None
+    k = min(int(k), x.shape[0])
+    xs, ys = x[:k], y[:k]
+    g = {"clean": _u8(xs), "y": ys.cpu(), "class_names": list(getattr(model, "class_names", []))}
+    g["pred_clean"] = model(xs).argmax(1).cpu()
+    if res is not None:
+        xa = res.x_adv[:k]
+        g.update(adv=_u8(xa), mask=_u8(res.mask[:k]), pred_adv=model(xa).argmax(1).cpu())
+        if defense is not None and getattr(defense, "output", "image") == "image":
+            # the GT-mask oracle repaints these images' own masks (with_mask is the identity
+            # for every other defense)
+            pur = defense.with_mask(res.mask[:k])(xa)
+            g.update(purified=_u8(pur), pred_purified=model(pur).argmax(1).cpu())
+    return g
+
+
+def run_cell(cfg: dict, settings: dict) -> CellRecord:
+    """:func:`compute_cell` wrapped into a stored record; an exception becomes a failed record with
+    its traceback (the sweep goes on)."""
+    from .. import __version__
+    started = time.time()
+    t0 = time.perf_counter()
+    try:
+        metrics, gallery = compute_cell(cfg, settings)
+        rec = CellRecord(key="", config=cfg, metrics=metrics, status="done", seed=cfg["seed"],
+                         version=__version__)
+        rec.gallery = gallery               # carried to the driver, saved next to the store
+    except Exception:  # noqa: BLE001 - a failing cell is data, not a crash
+        rec = CellRecord(key="", config=cfg, metrics={}, status="failed",
+                         error=traceback.format_exc(limit=20), seed=cfg["seed"], version=__version__)
+        rec.gallery = None
+    rec.started, rec.finished = started, time.time()
+    rec.seconds = round(time.perf_counter() - t0, 4)
+    return rec
+
+
+def failed_record(cfg: dict, error: str) -> CellRecord:
+    """A failed cell that never reached :func:`run_cell` (e.g. a lost Ray worker)."""
+    from .. import __version__
+    now = time.time()
+    rec = CellRecord(key="", config=cfg, metrics={}, status="failed", error=error, started=now,
+                     finished=now, seconds=0.0, seed=cfg.get("seed"), version=__version__)
+    rec.gallery = None
+    return rec
+
+
+# ---- the run -----------------------------------------------------------------------------------
+@dataclass
+class Summary:
+    total: int
+    done: int
+    failed: int
+    ran: int
+    out_dir: Path
+    wall: float = 0.0
+    compute: float = 0.0
+    failures: List[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        return f"cells total={self.total} done={self.done} failed={self.failed} ran={self.ran}"
+
+
+def estimate_passes(cfg: dict, n_default: int = 1000) -> float:
+    """Model forward(+backward) passes one cell costs, roughly: clean + defended predictions, plus
+    ``steps × restarts × EOT`` per image for the attack (×2 when an adaptive attacker differentiates
+    through the defense)."""
+    n = cfg["n"] or n_default
+    o = cfg["attack_options"]
+    steps = o.get("steps", o.get("epochs", 1)) if cfg["attack"] != "none" else 0
+    restarts = o.get("restarts", 1) or 1
+    eot = o.get("eot_samples", 1) or 1
+    factor = 2.0 if cfg["adaptive"] else 1.0
+    return float(n) * (2 + steps * restarts * eot * factor)
+
+
+def run_experiment(exp: Experiment, out_dir, executor: str = "local", address: Optional[str] = None,
+                   only: Optional[str] = None, dry_run: bool = False,
+                   log: Callable = print) -> Summary:
+    """Run ``exp`` into ``out_dir`` (resuming whatever is already there) and return the summary."""
+    from .executors import make_executor
+
+    out = Path(out_dir)
+    if dry_run:
+        return _dry_run(exp, out, only, log)
+    executor_obj = make_executor(executor, address=address, threads=exp.threads)   # checks ray early
+    t_start = time.time()
+    with ResultsStore(out) as store:
+        names = sorted({r for c in select(expand(exp), only) for r in c.artifacts})
+        arts = build_artifacts(exp, names, log)
+        cells = select(expand(exp, {k: fp for k, (_, fp) in arts.items()}), only)
+        status = store.statuses()
+        todo = [c for c in cells if status.get(c.key) != "done"]
+        log(f"{exp.name}: {len(cells)} cells, {len(cells) - len(todo)} already done, {len(todo)} to "
+            f"compute ({executor} executor)")
+        settings = {"device": exp.device, "artifacts": {k: p for k, (p, _) in arts.items()},
+                    "cache_dir": str(out / "cache" / "attacks"), "gallery": exp.gallery}
+        (out / "cache" / "attacks").mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "experiment.json",
+                          json.dumps(as_dict(exp), indent=1, sort_keys=True, default=str))
+        ran = [0]
+        compute = [0.0]
+
+        def on_result(cell: Cell, rec: CellRecord) -> None:
+            rec.key = cell.key
+            gallery = getattr(rec, "gallery", None)
+            if gallery is not None:
+                atomic_save(gallery, out / "gallery" / f"{cell.key}.pt")
+            store.record(rec)
+            ran[0] += 1
+            compute[0] += rec.seconds
+            if rec.status == "failed":
+                last = (rec.error or "").strip().splitlines()[-1:] or ["?"]
+                log(f"FAILED {cell.label}: {last[0]}")
+
+        executor_obj.run(todo, settings, on_result, log=log)
+        store.export([c.key for c in cells])
+        final = store.statuses()
+        done = sum(final.get(c.key) == "done" for c in cells)
+        failed = sum(final.get(c.key) == "failed" for c in cells)
+        summary = Summary(len(cells), done, failed, ran[0], out, time.time() - t_start, compute[0])
+    return summary
+
+
+def _dry_run(exp: Experiment, out: Path, only: Optional[str], log: Callable) -> Summary:
+    cells = select(expand(exp), only)
+    names = sorted({r for c in cells for r in c.artifacts})
+    done = {}
+    per_pass = None
+    if (out / "results.db").is_file():
+        with ResultsStore(out, readonly=True) as store:
+            recs = store.records("done")
+            done = {r.key for r in recs}
+            passes = sum(estimate_passes(r.config) for r in recs)
+            secs = sum(float(r.metrics.get("seconds", r.seconds)) for r in recs)
+            per_pass = secs / passes if passes and secs else None
+    for name in names:
+        spec = exp.artifacts[name]
+        log(f"artifact {name}: {spec.kind} " + (f"from {spec.source}" if spec.source else
+                                                 f"trained from its config (cached by hash)"))
+    total = 0.0
+    for c in cells:
+        p = estimate_passes(c.config)
+        total += p
+        log(f"  {'done ' if c.key in done else 'to do'} {c.key}  {c.label}  ~{p:,.0f} passes")
+    todo = sum(estimate_passes(c.config) for c in cells if c.key not in done)
+    eta = f", about {todo * per_pass / 60:.1f} min at this run's measured speed" if per_pass else ""
+    log(f"{len(cells)} cells, {len(names)} artifacts; estimated cost ~{todo:,.0f} model passes "
+        f"still to do of ~{total:,.0f}{eta}")
+    in_cells = sum(c.key in done for c in cells)
+    return Summary(len(cells), in_cells, 0, 0, out)
+
+
+__all__ = ["run_experiment", "compute_cell", "run_cell", "build_artifacts", "artifact_path",
+           "Summary", "estimate_passes"]
+

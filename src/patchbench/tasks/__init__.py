@@ -1,0 +1,15 @@
+"""Tasks: what a model's output means, the objective an attack optimises and the metrics of a cell.
+
+* ``classification`` — :class:`~patchbench.tasks.classification.Classification`: logits; CE / DLR /
+  C&W / logit-margin objectives (Madry et al. 2018; Croce & Hein 2020; Carlini & Wagner 2017; Karmon
+  et al. 2018); accuracy and attack success rate with Wilson intervals (PatchZero §4.1).
+* ``face-detection`` — :class:`~patchbench.tasks.face.FaceDetection`: a face detector's scored
+  windows; the adversarial sample sets and loss of Yang et al. (ECCV 2020); precision / recall at δ
+  and AF_β.
+
+Image retrieval (AdvHash / TTH under PAIR) follows in the next issue.
+"""
+from . import classification, face  # noqa: F401  (registers the tasks)
+from .base import Task, get, names, register
+
+__all__ = ["Task", "get", "names", "register"]
