@@ -281,3 +281,199 @@ def test_gallery_images_are_saved_per_cell_for_the_report(tmp_path):
     from patchbench.bench.pages import build_report
     page = build_report([out])
     assert page.is_file() and "gt-mask" in page.read_text().lower()
+
+
+# ---- sub-grids, pools, sweeps, certification ---------------------------------------------------
+SUBGRIDS = """
+[experiment]
+name = "sub"
+threads = 1
+
+[[grid]]
+name = "table"
+models = [{ name = "tiny_cnn", options = { channels = 1, num_classes = 10 } }]
+datasets = [{ name = "fashion-mnist", n = 12 }]
+attacks = ["none", { name = "masked-pgd", steps = 2 }]
+defenses = ["none", { name = "lgs", window = 5, overlap = 2, smoothing_factor = 2.3 }]
+threats = [{ area = 0.1 }]
+adaptive = [false, true]
+
+[[grid.override]]
+where = { defense = "lgs" }
+set = { n = 8 }
+
+[[grid]]
+name = "sweep"
+models = [{ name = "tiny_cnn", options = { channels = 1, num_classes = 10 } }]
+datasets = [{ name = "fashion-mnist", n = 12 }]
+attacks = ["none", { name = "masked-pgd", steps = 2 }]
+defenses = [{ name = "lgs", window = 5, overlap = 2, sweep = { smoothing_factor = [1.5, 2.3] } }]
+threats = [{ area = 0.1 }]
+"""
+
+
+def test_sub_grids_are_a_union_with_their_own_overrides_and_shared_cells_once(tmp_path):
+    cells = expand(C.load(_write(tmp_path, SUBGRIDS)))
+    # table: 2 benign + 2 DO + 1 adaptive; sweep: 2 λ × (benign, DO), of which λ = 2.3 is the table's
+    # cells only if n matches: the table's override (n = 8) is its own, so the sweep's are new
+    assert len(cells) == 5 + 4 and len({c.key for c in cells}) == 9
+    lgs = [c.config for c in cells if c.config["defense"] == "lgs"]
+    assert sorted((c["defense_options"]["smoothing_factor"], c["n"]) for c in lgs
+                  if not c["adaptive"]) == [(1.5, 12), (1.5, 12), (2.3, 8), (2.3, 8), (2.3, 12),
+                                            (2.3, 12)]
+    assert all(c["dataset_options"]["n"] == 12 for c in lgs)            # one pool for all
+    # the same cell given by two grids is listed once
+    text = SUBGRIDS.replace('[[grid.override]]\nwhere = { defense = "lgs" }\nset = { n = 8 }\n', "")
+    assert len(expand(C.load(_write(tmp_path, text, "b.toml")))) == 5 + 2
+    # a single [grid] table still works, and takes [[grid.override]] too
+    single = TINY.replace("SEEDS", "[0]") + ('[[grid.override]]\nwhere = { defense = "jpeg" }\n'
+                                             'set = { skip = true }\n')
+    assert len(expand(C.load(_write(tmp_path, single, "c.toml")))) == 8 - 3
+
+
+@pytest.mark.parametrize("old, new, where, kind", [
+    ('defenses = ["none", { name = "lgs", window', 'defenses = ["none", { name = "lgz", window',
+     "grid[0].defenses[1]", LookupError),
+    ("sweep = { smoothing_factor = [1.5, 2.3] }", "sweep = { smoothing_factor = 1.5 }",
+     "grid[1].defenses[0].sweep.smoothing_factor", TypeError),
+    ("sweep = { smoothing_factor = [1.5, 2.3] }", "sweep = { smoothing_factor = [1.5, -1.0] }",
+     "grid[1].defenses[0].sweep.smoothing_factor[1]", ValueError),
+    ("sweep = { smoothing_factor = [1.5, 2.3] }",
+     "smoothing_factor = 2.0, sweep = { smoothing_factor = [1.5] }",
+     "grid[1].defenses[0].sweep.smoothing_factor", ValueError),
+    ("set = { n = 8 }", "set = { n = 13 }", "grid[0].override[0].set.n", ValueError),
+    ("set = { n = 8 }", "set = { defense = { windw = 3 } }", "grid[0].override[0].set.defense",
+     TypeError),
+    ("set = { n = 8 }", "set = { defense = { window = -3 } }", "grid[0].override[0].set.defense.window",
+     ValueError),
+    ('name = "sweep"', 'name = "table"', "grid", ValueError),
+    ("n = 12 }]\nattacks = [\"none\", { name = \"masked-pgd\", steps = 2 }]\ndefenses = [\"none\"",
+     "n = 10001 }]\nattacks = [\"none\", { name = \"masked-pgd\", steps = 2 }]\ndefenses = [\"none\"",
+     "grid[0].datasets[0].n", ValueError),
+    ("window = 5, overlap = 2, smoothing_factor = 2.3 }", "window = 5, overlap = 2, certify = true }",
+     "grid[0].defenses[1].certify", ValueError),
+    ("window = 5, overlap = 2, smoothing_factor = 2.3 }", "window = 5, overlp = 2 }",
+     "overlp", TypeError),
+])
+def test_sub_grid_pool_and_sweep_mistakes_name_the_table_path(tmp_path, old, new, where, kind):
+    assert old in SUBGRIDS
+    path = _write(tmp_path, SUBGRIDS.replace(old, new, 1))
+    with pytest.raises(kind) as e:
+        expand(C.load(path))
+    assert str(path) in str(e.value) and where in str(e.value), str(e.value)
+
+
+def test_experiment_settings_are_validated(tmp_path):
+    for bad, where in (("batch_size = 0", "batch_size"), ("batch_size = 'x'", "batch_size")):
+        path = _write(tmp_path, TINY.replace("threads = 1", f"threads = 1\n{bad}").replace("SEEDS", "[0]"))
+        with pytest.raises((TypeError, ValueError), match=where):
+            C.load(path)
+    with pytest.raises(ValueError, match=r"grid: missing"):
+        C.parse({"experiment": {"name": "x"}})
+    with pytest.raises(ValueError, match=r"grid: is empty"):
+        C.parse({"grid": []})
+
+
+POOL = """
+[experiment]
+name = "pool"
+threads = 1
+
+[grid]
+models = ["fmnist_cnn_small"]
+datasets = [{ name = "fashion-mnist", n = 12 }]
+attacks = [{ name = "masked-pgd", steps = 2 }]
+defenses = ["jpeg", { name = "patchcleanser", k = 3, certify = true }]
+threats = [{ area = 0.1 }]
+adaptive = [false, true]
+
+[[grid.override]]
+where = { defense = "patchcleanser" }
+set = { n = 5 }
+"""
+
+
+def _same(got: dict, want: dict) -> bool:
+    """``want``'s metrics all in ``got`` with the same values (NaN equal to NaN)."""
+    return json.dumps({k: got.get(k) for k in want}, sort_keys=True) == json.dumps(want, sort_keys=True)
+
+
+def test_a_do_cell_scores_its_first_n_images_of_the_attack_on_the_whole_pool(tmp_path):
+    import patchbench as pb
+    from patchbench.bench.runner import _sliced
+
+    exp = C.load(_write(tmp_path, POOL))
+    out = tmp_path / "run"
+    run_experiment(exp, out, log=_quiet)
+    rows = _rows(out)
+    cells = {(c.config["defense"], c.config["adaptive"]): c for c in expand(exp)}
+    model = pb.models.load("fmnist_cnn_small")
+    x, y = pb.data.load_dataset("fashion-mnist", n=12)
+    attack, threat = pb.attacks.get("masked-pgd", steps=2), pb.Threat(area=0.1)
+    pc = pb.defenses.build("patchcleanser", pb.defenses.BuildContext(
+        model=model, image_size=(28, 28), fill=(0.286,), patch_area=0.1), k=3)
+    # DO: the attack ran on all 12 images; the PatchCleanser cell scores its first 5
+    pool = attack.run(model, x, y, threat, generator=torch.Generator().manual_seed(0))
+    want = pb.evaluate(model, x[:5], y[:5], attack, pc, attack_result=_sliced(pool, 5)).metrics()
+    got = rows[cells[("patchcleanser", False)].key][1]
+    assert got["n"] == 5 and _same(got, want)
+    # ...which is not the attack on the first 5 images alone (its placements differ)
+    alone = pb.evaluate(model, x[:5], y[:5], attack, pc, threat, generator=0).result
+    assert not torch.equal(alone.mask, pool.mask[:5])
+    # adaptive: the cell attacks its own first 5 images
+    want = pb.evaluate(model, x[:5], y[:5], attack, pc, threat, adaptive=True, generator=0).metrics()
+    got = rows[cells[("patchcleanser", True)].key][1]
+    assert _same(got, want)
+    # the full-pool cell gets the same numbers as pb.evaluate running the attack itself
+    want = pb.evaluate(model, x, y, attack, pb.defenses.JPEG(), threat, generator=0).metrics()
+    got = rows[cells[("jpeg", False)].key][1]
+    assert _same(got, want)
+    # PatchCleanser counts its forward passes
+    assert got.get("forward_equivalents_last") is None
+    assert rows[cells[("patchcleanser", False)].key][1]["forward_equivalents_last"] >= 9
+
+
+def test_certify_adds_the_certified_accuracy_to_benign_cells_only(tmp_path):
+    import patchbench as pb
+    exp = C.load(_write(tmp_path, POOL.replace('attacks = [{ name', 'attacks = ["none", { name')))
+    out = tmp_path / "run"
+    run_experiment(exp, out, log=_quiet)
+    with ResultsStore(out, readonly=True) as s:
+        recs = {(r.config["defense"], r.config["attack"], r.config["adaptive"]): r.metrics
+                for r in s.records()}
+    ben = recs[("patchcleanser", "none", False)]
+    model = pb.models.load("fmnist_cnn_small")
+    x, y = pb.data.load_dataset("fashion-mnist", n=5)
+    pc = pb.defenses.PatchCleanser(0.1, 28, k=3, fill=0.286)
+    assert ben["certified_acc"] == float(pc.certify(model, x, y).float().mean())
+    lo, hi = ben["certified_acc_ci"]
+    assert lo <= ben["certified_acc"] <= hi and ben["certified_acc"] <= ben["clean_acc"]
+    assert "certified_acc" not in recs[("patchcleanser", "masked-pgd", False)]
+    assert "certified_acc" not in recs[("jpeg", "none", False)]
+
+
+def test_batch_size_reaches_the_cell_but_not_its_key(tmp_path):
+    a = expand(_tiny(tmp_path))
+    b = expand(C.load(_write(tmp_path, TINY.replace("threads = 1", "threads = 1\nbatch_size = 7")
+                             .replace("SEEDS", "[0]"), "b.toml")))
+    assert [c.key for c in a] == [c.key for c in b]
+    seen = []
+    import patchbench as pb
+    real = pb.evaluate
+
+    def spy(*args, **kw):
+        seen.append(kw.get("batch_size"))
+        return real(*args, **kw)
+
+    import unittest.mock
+    with unittest.mock.patch.object(pb, "evaluate", spy):
+        run_experiment(C.load(tmp_path / "b.toml"), tmp_path / "run", log=_quiet)
+    assert seen and set(seen) == {7}
+
+
+def test_dry_run_charges_a_shared_do_attack_once(tmp_path):
+    lines = []
+    run_experiment(_tiny(tmp_path), tmp_path / "dry", dry_run=True, log=lines.append)
+    cost = [float(ln.rsplit("~", 1)[1].split()[0].replace(",", "")) for ln in lines
+            if ln.startswith("  to do") and " DO " in ln]
+    assert len(cost) == 3 and cost[0] > cost[1] == cost[2]      # the first DO cell runs the attack

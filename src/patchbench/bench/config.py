@@ -1,11 +1,12 @@
 """Experiment files: a TOML file that names a grid of cells and the artifacts they need, validated on
 load so that every mistake is reported, with its table path, before any cell runs.
 
-A file has three parts (a bundled example: ``src/patchbench/experiments/quick.toml``)::
+A file has three parts (bundled examples: ``src/patchbench/experiments/quick.toml``, and
+``defenses.toml`` for sub-grids, pools and sweeps)::
 
     [experiment]                      # name, task, description, device, threads, num_cpus, num_gpus,
-    name = "quick"                    # gallery (images kept per cell for the report)
-    task = "classification"
+    name = "quick"                    # gallery (images kept per cell for the report), batch_size
+    task = "classification"           # (images per prediction batch, default 64)
 
     [artifacts.pz_do]                 # something the grid needs that is trained or loaded once
     kind = "patchzero"                # patchzero | classifier
@@ -24,14 +25,35 @@ A file has three parts (a bundled example: ``src/patchbench/experiments/quick.to
     where = {defense = "jpeg", adaptive = true}
     set = {n = 32, attack = {steps = 5}}               # or: skip = true
 
-Attack and defense options not given come from the registered classes' defaults (so ``masked-pgd`` gets
-PatchZero §4.1's settings). Names resolve through the registries' one folding rule (``Masked_PGD`` is
-``masked-pgd``).
+Sub-grids: instead of one ``[grid]`` table, a file may give several ``[[grid]]`` tables (each with
+the axes above and an optional ``name``); the cells are their union, in file order, and a cell two
+sub-grids both give is computed once. A ``[[grid.override]]`` after a ``[[grid]]`` (or after
+``[grid]``) applies to that grid only, before the top-level ``[[override]]`` tables. Errors name the
+sub-grid by index: ``grid[1].defenses[3]``.
+
+Pools: a dataset entry's ``n`` is the *pool* of its cells, the first ``n`` images of the split
+(all of it when ``n`` is not given). A cell takes its own ``n`` from an override (``set = {n = 300}``,
+at most the pool), else the whole pool: benign and adaptive cells evaluate its first ``n`` images;
+non-adaptive (downstream-only) cells score the shared attack, which runs once on the whole pool, on
+its first ``n`` (so a DO cell's numbers depend on the pool, which is part of its key).
+
+Entries: ``label`` names an axis value in reports and in ``where`` (two PatchZero detectors:
+``{name = "patchzero", checkpoint = "@pz_do", label = "patchzero-do"}``); ``sweep`` expands an
+attack or defense entry into one entry per value (or per combination, with several keys):
+``{name = "lgs", sweep = {smoothing_factor = [1.5, 2.3, 3.5]}}``. A defense with a ``certify``
+method (PatchCleanser) takes ``certify = true``: its benign cells also report the certified accuracy
+(``certified_acc``, with ``certified_acc_ci``).
+
+Attack options not given come from the registered classes' defaults (so ``masked-pgd`` gets PatchZero
+§4.1's settings); defense options not given are left to the defense, which builds from the cell's
+context (image size, dataset mean, patch area, model), all of it part of the cell's config. Names
+resolve through the registries' one folding rule (``Masked_PGD`` is ``masked-pgd``).
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import re
 from dataclasses import dataclass, field
 from importlib import resources
@@ -40,16 +62,20 @@ from typing import Dict, List, Optional
 
 from .._config import read_toml
 from .._registry import check_keywords, normalize_name
-from .._validation import check_bool, check_device, check_int, check_number, check_seed
+from .._validation import (check_bool, check_device, check_int, check_number, check_positive_int,
+                           check_seed)
 
 TASKS = ("classification",)
 ARTIFACT_KINDS = ("patchzero", "classifier")
 _EXPERIMENT_KEYS = {"name", "task", "description", "device", "threads", "num_cpus", "num_gpus",
-                    "gallery"}
+                    "gallery", "batch_size"}
 _GRID_KEYS = ("models", "datasets", "attacks", "defenses", "threats", "adaptive", "seeds")
+_GRID_TABLE_KEYS = set(_GRID_KEYS) | {"name", "override"}
 _WHERE_KEYS = {"model", "dataset", "attack", "defense", "adaptive", "patch_area", "shape",
                "placement", "seed"}
 _SET_KEYS = {"n", "attack", "defense", "skip"}
+#: defense entry keys the harness reads itself (never passed to the defense's constructor)
+HARNESS_DEFENSE_KEYS = ("certify",)
 
 
 class ExperimentError(ValueError):
@@ -79,8 +105,26 @@ class ArtifactSpec:
 
 
 @dataclass
+class Grid:
+    """One grid of cells (the ``[grid]`` table, or one of several ``[[grid]]``): its axes and its
+    own overrides; ``path`` is its table path in the file (``grid`` or ``grid[1]``), for messages."""
+
+    name: str = ""
+    path: str = "grid"
+    models: List[Entry] = field(default_factory=list)
+    datasets: List[Entry] = field(default_factory=list)
+    attacks: List[Entry] = field(default_factory=list)
+    defenses: List[Entry] = field(default_factory=list)
+    threats: List[Dict[str, object]] = field(default_factory=list)
+    adaptive: List[bool] = field(default_factory=lambda: [False])
+    seeds: List[int] = field(default_factory=lambda: [0])
+    overrides: List[Dict[str, object]] = field(default_factory=list)
+
+
+@dataclass
 class Experiment:
-    """A validated experiment file (see the module docstring)."""
+    """A validated experiment file (see the module docstring). ``overrides`` are the top-level
+    ``[[override]]`` tables (each grid's own are in ``grids[i].overrides``)."""
 
     name: str
     task: str
@@ -91,15 +135,15 @@ class Experiment:
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     gallery: int = 0
-    models: List[Entry] = field(default_factory=list)
-    datasets: List[Entry] = field(default_factory=list)
-    attacks: List[Entry] = field(default_factory=list)
-    defenses: List[Entry] = field(default_factory=list)
-    threats: List[Dict[str, object]] = field(default_factory=list)
-    adaptive: List[bool] = field(default_factory=lambda: [False])
-    seeds: List[int] = field(default_factory=lambda: [0])
+    batch_size: int = 64
+    grids: List[Grid] = field(default_factory=list)
     artifacts: Dict[str, ArtifactSpec] = field(default_factory=dict)
     overrides: List[Dict[str, object]] = field(default_factory=list)
+
+    @property
+    def source(self) -> str:
+        """The file, as error messages name it."""
+        return str(self.path) if self.path is not None else "<experiment>"
 
 
 # ---- locating files ----------------------------------------------------------------------------
@@ -168,32 +212,38 @@ class _Checker:
         try:
             return fn(*args, **kwargs)
         except (TypeError, ValueError, LookupError) as e:
-            msg = str(e)
-            keys = [k for k in kwargs if isinstance(k, str)] + [a for a in args[1:2] if isinstance(a, str)]
-            head, sep, rest = msg.partition(": ")
-            for k in sorted(keys, key=len, reverse=True):
-                if sep and re.search(rf"(^|[\s.'\"]){re.escape(k)}['\"]?$", head):
-                    where, msg = f"{where}.{k}", rest
-                    break
-            kind = LookupError if isinstance(e, LookupError) else (
-                TypeError if isinstance(e, TypeError) else ExperimentError)
-            raise kind(f"{self.src}: {where}: {msg}") from None
+            raise _located(e, self.src, where, [k for k in kwargs if isinstance(k, str)]
+                           + [a for a in args[1:2] if isinstance(a, str)]) from None
+
+
+def _located(e: Exception, src: str, where: str, keys) -> Exception:
+    """``e`` re-raised as the same kind of error, prefixed with the file and the table path (and the
+    option its message starts by naming, when it is one of ``keys``)."""
+    msg = str(e)
+    head, sep, rest = msg.partition(": ")
+    for k in sorted(keys, key=len, reverse=True):
+        if sep and re.search(rf"(^|[\s.'\"]){re.escape(k)}['\"]?( \([^)]*\))?$", head):
+            where, msg = f"{where}.{k}", rest
+            break
+    kind = LookupError if isinstance(e, LookupError) else (
+        TypeError if isinstance(e, TypeError) else ExperimentError)
+    return kind(f"{src}: {where}: {msg}")
 
 
 def _show(v) -> str:
     return f"{type(v).__name__} {v!r}"
 
 
-def _axis(c: _Checker, grid: dict, key: str, default=None) -> list:
+def _axis(c: _Checker, grid: dict, where: str, key: str, default=None) -> list:
     if key not in grid:
         if default is None:
-            c.fail(f"grid.{key}", "missing (every grid needs at least one value here)")
+            c.fail(f"{where}.{key}", "missing (every grid needs at least one value here)")
         return default
     value = grid[key]
     if not isinstance(value, list):
         value = [value]
     if not value:
-        c.fail(f"grid.{key}", "is empty (give at least one value)")
+        c.fail(f"{where}.{key}", "is empty (give at least one value)")
     return value
 
 
@@ -208,6 +258,41 @@ def _entry(c: _Checker, raw, where: str) -> Entry:
     if not isinstance(label, str):
         c.fail(f"{where}.label", f"expected a string, got {_show(label)}", TypeError)
     return Entry(t["name"].strip(), opts, label)
+
+
+def _swept(c: _Checker, raw, where: str) -> list:
+    """``(entry, note)`` for each entry one raw attack/defense entry stands for: itself (note
+    ``""``), or one per combination of the values of its ``sweep`` table (``{sweep = {steps = [10,
+    100]}}`` → two entries; note ``"sweep.steps[1]"``)."""
+    if not isinstance(raw, dict) or "sweep" not in raw:
+        return [(raw, "")]
+    sweep = c.table(raw["sweep"], f"{where}.sweep")
+    if not sweep:
+        c.fail(f"{where}.sweep", "is empty (give option = [values] to sweep)")
+    for k, values in sweep.items():
+        if not isinstance(values, list) or not values:
+            c.fail(f"{where}.sweep.{k}", f"expected a non-empty list of values, got {_show(values)}",
+                   TypeError)
+        if k in raw or k in ("name", "label"):
+            c.fail(f"{where}.sweep.{k}", f"{k!r} is given both in the entry and in its sweep")
+    base = {k: v for k, v in raw.items() if k != "sweep"}
+    keys = list(sweep)
+    return [({**base, **{k: sweep[k][j] for k, j in zip(keys, idx)}},
+             ", ".join(f"sweep.{k}[{j}]" for k, j in zip(keys, idx)))
+            for idx in itertools.product(*(range(len(v)) for v in sweep.values()))]
+
+
+def _entries(c: _Checker, raws: list, where: str, parse_one, *extra) -> List[Entry]:
+    out = []
+    for i, raw in enumerate(raws):
+        for variant, note in _swept(c, raw, f"{where}[{i}]"):
+            try:
+                out.append(parse_one(c, variant, f"{where}[{i}]", *extra))
+            except (TypeError, ValueError, LookupError) as e:
+                if not note:
+                    raise
+                raise type(e)(f"{e} (the entry with {where}[{i}].{note})") from None
+    return out
 
 
 def parse(data: dict, path: Optional[Path] = None) -> Experiment:
@@ -232,31 +317,58 @@ def parse(data: dict, path: Optional[Path] = None) -> Experiment:
     if exp.num_gpus > 0 and exp.device == "cpu":
         c.fail("experiment.num_gpus", "GPUs are asked for but device is 'cpu' (set device = 'cuda')")
     exp.gallery = c.wrap("experiment", check_int, head.get("gallery", 0), "gallery", 0, 64)
+    exp.batch_size = c.wrap("experiment", check_int, head.get("batch_size", 64), "batch_size", 1,
+                            1 << 16)
 
     arts = c.table(data.get("artifacts", {}), "artifacts")
     for aname, raw in arts.items():
         exp.artifacts[aname] = _artifact(c, aname, raw)
 
-    grid = c.table(data.get("grid"), "grid") if "grid" in data else c.fail("grid", "missing table [grid]")
-    c.keys(grid, "grid", _GRID_KEYS)
-    exp.models = [_model(c, r, f"grid.models[{i}]") for i, r in enumerate(_axis(c, grid, "models"))]
-    exp.datasets = [_dataset(c, r, f"grid.datasets[{i}]")
-                    for i, r in enumerate(_axis(c, grid, "datasets"))]
-    exp.attacks = [_attack(c, r, f"grid.attacks[{i}]")
-                   for i, r in enumerate(_axis(c, grid, "attacks", ["none"]))]
-    exp.defenses = [_defense(c, r, f"grid.defenses[{i}]", exp.artifacts)
-                    for i, r in enumerate(_axis(c, grid, "defenses", ["none"]))]
-    exp.threats = [_threat(c, r, f"grid.threats[{i}]")
-                   for i, r in enumerate(_axis(c, grid, "threats", [{}]))]
-    exp.adaptive = [c.wrap(f"grid.adaptive[{i}]", check_bool, v, "value")
-                    for i, v in enumerate(_axis(c, grid, "adaptive", [False]))]
-    exp.seeds = [c.wrap(f"grid.seeds[{i}]", check_seed, v, "value")
-                 for i, v in enumerate(_axis(c, grid, "seeds", [0]))]
-    raw_over = data.get("override", [])
-    if not isinstance(raw_over, list):
-        c.fail("override", "expected an array of tables ([[override]])", TypeError)
-    exp.overrides = [_override(c, o, f"override[{i}]") for i, o in enumerate(raw_over)]
+    if "grid" not in data:
+        c.fail("grid", "missing table [grid] (or [[grid]] sub-grids)")
+    raw_grid = data["grid"]
+    if isinstance(raw_grid, list):
+        if not raw_grid:
+            c.fail("grid", "is empty (give at least one [[grid]] table)")
+        exp.grids = [_grid(c, g, f"grid[{i}]", exp.artifacts) for i, g in enumerate(raw_grid)]
+    else:
+        exp.grids = [_grid(c, raw_grid, "grid", exp.artifacts)]
+    names = [g.name for g in exp.grids if g.name]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        c.fail("grid", f"two sub-grids are named {dup[0]!r} (names must differ)")
+    exp.overrides = _overrides(c, data.get("override", []), "override")
     return exp
+
+
+def _grid(c: _Checker, raw, where: str, artifacts: Dict[str, ArtifactSpec]) -> Grid:
+    grid = c.table(raw, where)
+    c.keys(grid, where, _GRID_TABLE_KEYS)
+    name = grid.get("name", "")
+    if not isinstance(name, str):
+        c.fail(f"{where}.name", f"expected a string, got {_show(name)}", TypeError)
+    g = Grid(name=name, path=where)
+    g.models = [_model(c, r, f"{where}.models[{i}]")
+                for i, r in enumerate(_axis(c, grid, where, "models"))]
+    g.datasets = [_dataset(c, r, f"{where}.datasets[{i}]")
+                  for i, r in enumerate(_axis(c, grid, where, "datasets"))]
+    g.attacks = _entries(c, _axis(c, grid, where, "attacks", ["none"]), f"{where}.attacks", _attack)
+    g.defenses = _entries(c, _axis(c, grid, where, "defenses", ["none"]), f"{where}.defenses",
+                          _defense, artifacts)
+    g.threats = [_threat(c, r, f"{where}.threats[{i}]")
+                 for i, r in enumerate(_axis(c, grid, where, "threats", [{}]))]
+    g.adaptive = [c.wrap(f"{where}.adaptive[{i}]", check_bool, v, "value")
+                  for i, v in enumerate(_axis(c, grid, where, "adaptive", [False]))]
+    g.seeds = [c.wrap(f"{where}.seeds[{i}]", check_seed, v, "value")
+               for i, v in enumerate(_axis(c, grid, where, "seeds", [0]))]
+    g.overrides = _overrides(c, grid.get("override", []), f"{where}.override")
+    return g
+
+
+def _overrides(c: _Checker, raw, where: str) -> List[Dict[str, object]]:
+    if not isinstance(raw, list):
+        c.fail(where, f"expected an array of tables ([[{where}]])", TypeError)
+    return [_override(c, o, f"{where}[{i}]") for i, o in enumerate(raw)]
 
 
 def _check_task(task):
@@ -331,11 +443,24 @@ def _dataset(c: _Checker, raw, where: str) -> Entry:
     split = e.options.get("split", "test")
     if split not in info.get("splits", [split]):
         c.fail(f"{where}.split", f"expected one of {info['splits']}, got {split!r}", LookupError)
-    if "n" in e.options:
-        c.wrap(where, check_int, e.options["n"], "n", 1)
-    if "offset" in e.options:
-        c.wrap(where, check_int, e.options["offset"], "offset", 0)
+    n = c.wrap(where, check_int, e.options["n"], "n", 1) if "n" in e.options else None
+    offset = c.wrap(where, check_int, e.options.get("offset", 0), "offset", 0)
+    size = dataset_size(e.name, split)
+    if size is not None and offset >= size:
+        c.fail(f"{where}.offset", f"the {e.name!r} {split} split has {size} images, got "
+                                  f"offset={offset}")
+    if size is not None and n is not None and offset + n > size:
+        c.fail(f"{where}.n", f"the {e.name!r} {split} split has {size} images, got n={n}"
+                             + (f" from offset={offset}" if offset else ""))
     return e
+
+
+def dataset_size(name: str, split: str) -> Optional[int]:
+    """Images in one split of a registered dataset (``None`` when the registry does not say)."""
+    from ..data import dataset_info
+    sizes = dataset_info(name).get("sizes") or {}
+    size = sizes.get(split)
+    return int(size) if isinstance(size, int) else None
 
 
 def _attack(c: _Checker, raw, where: str) -> Entry:
@@ -344,11 +469,16 @@ def _attack(c: _Checker, raw, where: str) -> Entry:
         if e.options:
             c.fail(where, "the 'none' attack takes no options")
         return Entry("none", {}, e.label)
-    from .. import attacks
     from ..attacks.base import _ATTACKS
     cls = c.wrap(where, _ATTACKS.lookup, e.name)
-    c.wrap(where, attacks.get, e.name, **e.options)       # validates every option's value
+    c.wrap(where, check_attack_options, cls.name, **e.options)
     return Entry(cls.name, dict(e.options), e.label)
+
+
+def check_attack_options(name: str, **options) -> None:
+    """Build the attack once: every option's name and value is checked by its constructor."""
+    from .. import attacks
+    attacks.get(name, **options)
 
 
 def _defense(c: _Checker, raw, where: str, artifacts: Dict[str, ArtifactSpec]) -> Entry:
@@ -359,13 +489,48 @@ def _defense(c: _Checker, raw, where: str, artifacts: Dict[str, ArtifactSpec]) -
         return Entry("none", {}, e.label)
     from ..defenses.base import _DEFENSES
     cls = c.wrap(where, _DEFENSES.lookup, e.name)
-    builder = getattr(cls, "from_context", None) or cls
-    c.wrap(where, check_keywords, builder, e.options, f"defense {e.name!r}")
+    c.wrap(where, check_defense_options, cls.name, **e.options)
     for k, v in e.options.items():
         if isinstance(v, str) and v.startswith("@") and v[1:] not in artifacts:
             c.fail(f"{where}.{k}", f"refers to artifact {v!r}, but [artifacts] has "
                                    f"{', '.join(sorted(artifacts)) or 'none'}", LookupError)
     return Entry(cls.name, dict(e.options), e.label)
+
+
+def check_defense_options(name: str, **options) -> None:
+    """The options of a registered defense: its constructor's keywords (the context the harness
+    builds it from gives the model, image size, fill and patch area), plus ``certify`` (a bool, for
+    defenses with a ``certify`` method). A defense whose required arguments are all given (and no
+    artifact reference) is built once, so that its constructor checks every value too."""
+    import inspect
+
+    from ..defenses.base import _DEFENSES
+    cls = _DEFENSES.lookup(name)
+    opts = dict(options)
+    if "certify" in opts:
+        check_bool(opts.pop("certify"), "certify")
+        if not callable(getattr(cls, "certify", None)):
+            raise ValueError(f"certify: the {cls.name!r} defense has no certification (certify = true "
+                             f"needs a defense with a certify() method, e.g. 'patchcleanser')")
+    ctor = _keywords(cls)
+    accepted = ctor | (_keywords(cls.from_context) - {"ctx", "context"})
+    unknown = [k for k in opts if k not in accepted]
+    if unknown:
+        takes = sorted(accepted | ({"certify"} if callable(getattr(cls, "certify", None)) else set()))
+        raise TypeError(f"defense {cls.name!r}: unexpected option{'s' if len(unknown) > 1 else ''} "
+                        f"{', '.join(map(repr, unknown))}; it takes: {', '.join(takes)}")
+    params = inspect.signature(cls).parameters
+    required = [k for k, p in params.items() if p.default is p.empty
+                and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    refs = any(isinstance(v, str) and v.startswith("@") for v in opts.values())
+    if all(k in opts for k in required) and set(opts) <= ctor and not refs:
+        cls(**opts)
+
+
+def _keywords(fn) -> set:
+    import inspect
+    return {k for k, p in inspect.signature(fn).parameters.items()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
 def _threat(c: _Checker, raw, where: str) -> Dict[str, object]:
@@ -387,13 +552,13 @@ def _override(c: _Checker, raw, where: str) -> Dict[str, object]:
     if not sets:
         c.fail(f"{where}.set", "is empty: say what the override changes (n, attack, defense, skip)")
     if "n" in sets:
-        c.wrap(f"{where}.set", check_int, sets["n"], "n", 1)
+        c.wrap(f"{where}.set", check_positive_int, sets["n"], "n")
     if "skip" in sets:
         c.wrap(f"{where}.set", check_bool, sets["skip"], "skip")
     for k in ("attack", "defense"):
         if k in sets:
             c.table(sets[k], f"{where}.set.{k}")
-    return {"where": dict(match), "set": copy.deepcopy(sets)}
+    return {"where": dict(match), "set": copy.deepcopy(sets), "path": where}
 
 
 def as_dict(exp: Experiment) -> dict:
@@ -403,6 +568,6 @@ def as_dict(exp: Experiment) -> dict:
     return d
 
 
-__all__ = ["Experiment", "Entry", "ArtifactSpec", "ExperimentError", "bundled_names", "resolve",
-           "load", "parse", "as_dict"]
-
+__all__ = ["Experiment", "Grid", "Entry", "ArtifactSpec", "ExperimentError", "bundled_names",
+           "resolve", "load", "parse", "as_dict", "check_attack_options", "check_defense_options",
+           "dataset_size"]

@@ -1,13 +1,20 @@
 """From a validated :class:`~patchbench.bench.config.Experiment` to its cells.
 
-A cell is one combination of model × dataset × attack × defense × threat × adaptive × seed, after the
-overrides. Its *config* is plain JSON-able data holding everything that changes its numbers (the
-attack's and defense's full options, with the registered defaults filled in, and the fingerprints of
-the artifacts it uses); its *key* is the hash of that config. Two rules keep the grid honest and small:
+A cell is one combination of model × dataset × attack × defense × threat × adaptive × seed of one of
+the experiment's grids, after the overrides. Its *config* is plain JSON-able data holding everything
+that changes its numbers (the attack's full options, with the registered defaults filled in, the
+defense's options, the dataset pool and the cell's own ``n``, and the fingerprints of the artifacts it
+uses); its *key* is the hash of that config. Rules that keep the grid honest and small:
 
 * the ``none`` attack has no adaptive variant, and neither has the ``none`` defense (an adaptive attack
   on an undefended model is the non-adaptive one);
-* overrides apply in file order; ``skip = true`` removes a cell.
+* overrides apply in file order, a grid's own (``[[grid.override]]``) before the top-level ones;
+  ``skip = true`` removes a cell, ``n`` must fit in the dataset entry's pool;
+* a cell that two grids (or two axis values) both give is listed once.
+
+Defense options are kept as the file gives them (not filled with constructor defaults): the defaults
+that matter at build time come from the cell's context (the dataset's mean fill, the image size, the
+patch area), and the context is itself in the config.
 """
 from __future__ import annotations
 
@@ -19,10 +26,10 @@ from typing import Dict, List, Optional
 
 from .._io import config_fingerprint
 from .._registry import normalize_name
-from .config import Entry, Experiment
+from .config import Entry, Experiment, ExperimentError, Grid, dataset_size
 
 #: bump when the meaning of a cell config changes, so old stores are not mixed with new cells
-CELL_SCHEMA = 1
+CELL_SCHEMA = 2     # 2: dataset_options.n is the pool, n the cell's own
 
 
 @dataclass(frozen=True)
@@ -116,6 +123,37 @@ def _apply(cfg: Dict[str, object], sets: Dict[str, object]) -> Optional[Dict[str
     return cfg
 
 
+class _OverrideChecks:
+    """Checks what an override did to a cell, once per (override, attack/defense, options): the
+    merged options must build, and the cell's ``n`` must fit in its pool. Errors name the file and
+    the override's table path."""
+
+    def __init__(self, src: str):
+        self.src, self.seen = src, set()
+
+    def __call__(self, o: Dict[str, object], cfg: Dict[str, object], pool: Optional[int],
+                 data_path: str) -> None:
+        from .config import _located, check_attack_options, check_defense_options
+        where = f"{o['path']}.set"
+        n = cfg["n"]
+        if "n" in o["set"] and pool is not None and n > pool:
+            raise ExperimentError(
+                f"{self.src}: {where}.n: {n} images, but the pool of {data_path} holds {pool} (the "
+                f"dataset entry's n; a cell evaluates the first n images of its pool)")
+        for part, check in (("attack", check_attack_options), ("defense", check_defense_options)):
+            if part not in o["set"] or cfg[part] == "none":
+                continue
+            opts = cfg[f"{part}_options"]
+            key = (o["path"], part, cfg[part], config_fingerprint(opts))
+            if key in self.seen:
+                continue
+            self.seen.add(key)
+            try:
+                check(cfg[part], **opts)
+            except (TypeError, ValueError, LookupError) as e:
+                raise _located(e, self.src, f"{where}.{part}", list(o["set"][part])) from None
+
+
 def artifact_refs(cfg: Dict[str, object]) -> List[str]:
     """Names of the artifacts (``"@NAME"`` option values) a cell config uses."""
     refs = []
@@ -127,22 +165,37 @@ def artifact_refs(cfg: Dict[str, object]) -> List[str]:
 
 
 def expand(exp: Experiment, artifact_prints: Optional[Dict[str, str]] = None) -> List[Cell]:
-    """Every cell of ``exp`` in grid order (models, datasets, threats, defenses, attacks, adaptive,
-    seeds). ``artifact_prints`` maps artifact names to their fingerprints (part of the key: a retrained
-    artifact gives new cells); without it the artifact names stand in (for ``--dry-run``)."""
+    """Every cell of ``exp``: grid by grid, each in axis order (models, datasets, threats, defenses,
+    attacks, adaptive, seeds). ``artifact_prints`` maps artifact names to their fingerprints (part of
+    the key: a retrained artifact gives new cells); without it the artifact names stand in (for
+    ``--dry-run``)."""
     prints = artifact_prints or {}
+    checks = _OverrideChecks(exp.source)
     cells, seen = [], set()
-    for model, data, threat, defense, attack, adaptive, seed in itertools.product(
-            exp.models, exp.datasets, exp.threats, exp.defenses, exp.attacks, exp.adaptive, exp.seeds):
+    for grid in exp.grids:
+        for cell in _grid_cells(exp, grid, prints, checks):
+            if cell.key in seen:          # two axis values (or two grids) that mean the same thing
+                continue
+            seen.add(cell.key)
+            cells.append(cell)
+    return cells
+
+
+def _grid_cells(exp: Experiment, grid: Grid, prints: Dict[str, str], checks: _OverrideChecks):
+    overrides = list(grid.overrides) + list(exp.overrides)
+    for model, (d, data), threat, defense, attack, adaptive, seed in itertools.product(
+            grid.models, enumerate(grid.datasets), grid.threats, grid.defenses, grid.attacks,
+            grid.adaptive, grid.seeds):
         if adaptive and (attack.name == "none" or defense.name == "none"):
             continue
         n = data.options.get("n")
+        split, offset = data.options.get("split", "test"), int(data.options.get("offset", 0))
         cfg: Dict[str, object] = {
             "schema": CELL_SCHEMA, "experiment": exp.name, "task": exp.task,
             "model": model.name, "model_options": _jsonable(model.options),
             "dataset": data.name,
-            "dataset_options": {"split": data.options.get("split", "test"),
-                                "offset": int(data.options.get("offset", 0))},
+            "dataset_options": {"split": split, "offset": offset,
+                                "n": None if n is None else int(n)},
             "n": None if n is None else int(n),
             "attack": attack.name, "attack_options": attack_options(attack),
             "defense": defense.name, "defense_options": defense_options(defense),
@@ -153,20 +206,22 @@ def expand(exp: Experiment, artifact_prints: Optional[Dict[str, str]] = None) ->
         }
         labels = {"attack": attack.display(), "defense": defense.display(),
                   "model": model.display(), "dataset": data.display()}
-        for o in exp.overrides:
+        pool = n
+        if pool is None:
+            size = dataset_size(data.name, split)
+            pool = None if size is None else size - offset
+        for o in overrides:
             if cfg is not None and _matches(o["where"], cfg, labels):
                 cfg = _apply(cfg, o["set"])
+                if cfg is not None:
+                    checks(o, cfg, pool, f"{grid.path}.datasets[{d}]")
         if cfg is None:
             continue
         refs = artifact_refs(cfg)
         cfg["artifacts"] = {r: prints.get(r, r) for r in refs}
         cfg["labels"] = labels
-        key = config_fingerprint(cfg)
-        if key in seen:           # two axis values that mean the same thing
-            continue
-        seen.add(key)
-        cells.append(Cell(key, cfg, describe(cfg), tuple(refs), exp.num_cpus, exp.num_gpus))
-    return cells
+        yield Cell(config_fingerprint(cfg), cfg, describe(cfg), tuple(refs), exp.num_cpus,
+                   exp.num_gpus)
 
 
 def describe(cfg: Dict[str, object]) -> str:

@@ -6,8 +6,14 @@ function of the cell's config and the run's settings, so the local executor and 
 same code and get the same numbers for the same seeds.
 
 Non-adaptive attacks only depend on the bare model, the images, the threat and the seed, so every
-defense of one (model, data, attack, threat, seed) shares one attack run (PatchZero §3.3's
-downstream-only attacker): it is computed once and kept in ``DIR/cache/attacks/`` (memory too).
+defense of one (model, data pool, attack, threat, seed) shares one attack run (PatchZero §3.3's
+downstream-only attacker): it is computed once on the whole pool (the dataset entry's ``n``), kept in
+``DIR/cache/attacks/`` (memory too), and each cell scores its first ``n`` images (the cell's own ``n``,
+from an override). Benign and adaptive cells evaluate the pool's first ``n`` images themselves.
+
+Defense extras: a defense that counts its forward passes (PatchCleanser's ``last_forward_counts``)
+adds ``forward_equivalents_last`` (per image, of its last prediction call in the cell), and one built
+with ``certify = true`` adds ``certified_acc`` (with ``certified_acc_ci``) to its benign cells.
 """
 from __future__ import annotations
 
@@ -113,12 +119,22 @@ def _load_model(cfg: dict, paths: Dict[str, str], device: str):
     return model.requires_grad_(False)
 
 
-def _load_data(cfg: dict, device: str):
+def _load_pool(cfg: dict, device: str):
+    """The cell's pool: the dataset entry's first ``dataset_options.n`` images (all when None)."""
     from ..data import load_dataset
     o = cfg["dataset_options"]
-    key = json.dumps([cfg["dataset"], o, cfg["n"], device], sort_keys=True)
+    key = json.dumps([cfg["dataset"], o, device], sort_keys=True)
     return _remember(_DATA, key, lambda: tuple(t.to(device) for t in load_dataset(
-        cfg["dataset"], split=o["split"], n=cfg["n"], offset=o["offset"])))
+        cfg["dataset"], split=o["split"], n=o.get("n"), offset=o["offset"])))
+
+
+def _first(x, y, n: Optional[int]):
+    """The first ``n`` images of a pool (all of it for ``None``)."""
+    if n is None or n == x.shape[0]:
+        return x, y
+    if n > x.shape[0]:
+        raise ValueError(f"n: the cell asks for {n} images, its pool holds {x.shape[0]}")
+    return x[:n], y[:n]
 
 
 def _threat(cfg: dict):
@@ -131,24 +147,63 @@ def _threat(cfg: dict):
 
 
 def _attack_key(cfg: dict) -> str:
-    keep = ("model", "model_options", "dataset", "dataset_options", "n", "attack", "attack_options",
+    """What a non-adaptive attack depends on: the bare model (and its weights' artifact), the pool,
+    the attack, the threat and the seed — not the defense, nor the cell's own ``n``."""
+    keep = ("model", "model_options", "dataset", "dataset_options", "attack", "attack_options",
             "patch_area", "threat", "seed", "task")
-    return config_fingerprint({**{k: cfg[k] for k in keep},
-                               "model_artifacts": {k: v for k, v in cfg["artifacts"].items()}})
+    refs = [v[1:] for v in cfg["model_options"].values() if isinstance(v, str) and v.startswith("@")]
+    return config_fingerprint({**{k: cfg[k] for k in keep}, "schema": cfg.get("schema"),
+                               "model_artifacts": {r: cfg["artifacts"].get(r, r) for r in refs}})
 
 
-def _cached_do_attack(cfg: dict, settings: dict):
-    """The shared non-adaptive attack result of this cell's group, or ``None`` (not yet computed)."""
+def _shared_attack(cfg: dict, settings: dict, attack, model, x, y, threat):
+    """The non-adaptive attack of this cell's group on the whole pool ``x``: from memory, from the
+    run's cache folder, or run now (with the generator :func:`patchbench.evaluate` would make, so a
+    cell's numbers equal ``pb.evaluate``'s on the same images) and kept in both."""
+    from .._validation import make_generator
     key = _attack_key(cfg)
     if key in _ATTACKS:
-        return key, _ATTACKS[key]
+        _ATTACKS.move_to_end(key)
+        return _ATTACKS[key]
     folder = settings.get("cache_dir")
+    res = None
     if folder:
         from ..models.weights import load_cache
         data = load_cache(Path(folder) / f"{key}.pt", "attack cache", map_location=settings["device"])
         if isinstance(data, dict) and "result" in data:
-            return key, _as_result(data["result"])
-    return key, None
+            res = _as_result(data["result"])
+    if res is None:
+        g = make_generator(cfg["seed"], device="cuda" if x.device.type == "cuda" else "cpu")
+        res = attack.run(model, x, y, threat, generator=g)
+        if folder:
+            atomic_save({"result": _result_dict(res)}, Path(folder) / f"{key}.pt")
+    _ATTACKS[key] = res
+    while len(_ATTACKS) > 4:
+        _ATTACKS.popitem(last=False)
+    return res
+
+
+def _sliced(res, n: int):
+    """An attack result on a pool, cut to its first ``n`` images (per-image tensors and lists of
+    ``info`` too; a universal patch and the loss history stay whole)."""
+    from ..attacks.base import AttackResult
+    total = res.x_adv.shape[0]
+    if n == total:
+        return res
+
+    def cut(v):
+        if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == total:
+            return v[:n]
+        if isinstance(v, (list, tuple)) and len(v) == total:
+            return type(v)(v[:n])
+        return v
+
+    patch = res.patch
+    if isinstance(patch, torch.Tensor) and patch.dim() == 4 and patch.shape[0] == total:
+        patch = patch[:n]
+    return AttackResult(x_adv=res.x_adv[:n], patch=patch, mask=res.mask[:n], success=res.success[:n],
+                        history=list(res.history), info={k: cut(v) for k, v in (res.info or {}).items()},
+                        eligible=None if res.eligible is None else res.eligible[:n])
 
 
 def _as_result(d: dict):
@@ -163,7 +218,8 @@ def _result_dict(res) -> dict:
 
 def compute_cell(cfg: dict, settings: dict) -> Tuple[dict, Optional[dict]]:
     """Compute one cell: ``(metrics, gallery or None)``. ``settings``: ``device``, ``artifacts``
-    (name → path), ``cache_dir`` (DO attack cache, or None), ``gallery`` (images to keep)."""
+    (name → path), ``cache_dir`` (DO attack cache, or None), ``gallery`` (images to keep),
+    ``batch_size`` (images per prediction batch, default 64)."""
     import patchbench as pb
     from ..data import dataset_info
     from ..defenses import BuildContext, build
@@ -171,35 +227,47 @@ def compute_cell(cfg: dict, settings: dict) -> Tuple[dict, Optional[dict]]:
     device = settings.get("device", "cpu")
     paths = settings.get("artifacts", {})
     model = _load_model(cfg, paths, device)
-    x, y = _load_data(cfg, device)
+    x_pool, y_pool = _load_pool(cfg, device)
+    x, y = _first(x_pool, y_pool, cfg["n"])
     info = dataset_info(cfg["dataset"])
     threat = _threat(cfg)
     attack = None if cfg["attack"] == "none" else pb.attacks.get(cfg["attack"], **cfg["attack_options"])
     ctx = BuildContext(model=model, image_size=tuple(x.shape[-2:]), channels=int(x.shape[1]),
                        fill=tuple(info.get("mean", (0.5,) * x.shape[1])), patch_area=cfg["patch_area"],
                        device=device, artifacts=dict(paths))
-    defense = None if cfg["defense"] == "none" else build(cfg["defense"], ctx,
-                                                          **cfg["defense_options"])
+    options = dict(cfg["defense_options"])
+    certify = bool(options.pop("certify", False))
+    defense = None if cfg["defense"] == "none" else build(cfg["defense"], ctx, **options)
     if defense is not None:
         defense = defense.to(device).eval()
-    reuse = None
-    share = attack is not None and not cfg["adaptive"]
-    if share:
-        key, reuse = _cached_do_attack(cfg, settings)
     t0 = time.perf_counter()
+    reuse = None
+    if attack is not None and not cfg["adaptive"]:
+        reuse = _sliced(_shared_attack(cfg, settings, attack, model, x_pool, y_pool, threat),
+                        x.shape[0])
     ev = pb.evaluate(model, x, y, attack=attack, defense=defense, threat=threat,
                      adaptive=cfg["adaptive"], generator=cfg["seed"], task=cfg["task"],
-                     attack_result=reuse)
+                     attack_result=reuse, batch_size=int(settings.get("batch_size", 64)))
     metrics = dict(ev.metrics())
+    metrics.update(_defense_extras(defense, model, x, y, certify and attack is None))
     metrics["seconds"] = round(time.perf_counter() - t0, 4)
-    if share and reuse is None and ev.result is not None:
-        _ATTACKS[key] = ev.result
-        while len(_ATTACKS) > 4:
-            _ATTACKS.popitem(last=False)
-        if settings.get("cache_dir"):
-            atomic_save({"result": _result_dict(ev.result)}, Path(settings["cache_dir"]) / f"{key}.pt")
     gallery = _gallery(model, defense, x, y, ev.result, settings.get("gallery", 0))
     return metrics, gallery
+
+
+def _defense_extras(defense, model, x, y, certify: bool) -> dict:
+    """``forward_equivalents_last`` (images through the model per image, in the defense's last
+    prediction call) and, asked for, ``certified_acc`` (PatchCleanser Algorithm 2 on ``x``)."""
+    out = {}
+    counts = getattr(defense, "last_forward_counts", None)
+    if isinstance(counts, torch.Tensor) and counts.numel():
+        out["forward_equivalents_last"] = float(counts.float().mean())
+    if certify:
+        from ..metrics.classification import Rate
+        ok = defense.certify(model, x, y)
+        rate = Rate.of(int(ok.sum()), int(ok.numel()))
+        out["certified_acc"], out["certified_acc_ci"] = rate.value, [rate.lo, rate.hi]
+    return out
 
 
 def _u8(t: torch.Tensor) -> torch.Tensor:
@@ -271,17 +339,44 @@ class Summary:
         return f"cells total={self.total} done={self.done} failed={self.failed} ran={self.ran}"
 
 
-def estimate_passes(cfg: dict, n_default: int = 1000) -> float:
-    """Model forward(+backward) passes one cell costs, roughly: clean + defended predictions, plus
-    ``steps × restarts × EOT`` per image for the attack (×2 when an adaptive attacker differentiates
-    through the defense)."""
-    n = cfg["n"] or n_default
-    o = cfg["attack_options"]
-    steps = o.get("steps", o.get("epochs", 1)) if cfg["attack"] != "none" else 0
-    restarts = o.get("restarts", 1) or 1
-    eot = o.get("eot_samples", 1) or 1
-    factor = 2.0 if cfg["adaptive"] else 1.0
-    return float(n) * (2 + steps * restarts * eot * factor)
+def _cell_n(cfg: dict, pool: bool = False, n_default: int = 1000) -> int:
+    """Images of a cell (``pool=True``: of its pool), the split's size when the file says all."""
+    from .config import dataset_size
+    o = cfg.get("dataset_options") or {}
+    n = o.get("n") if pool else (cfg["n"] if cfg["n"] is not None else o.get("n"))
+    if n is None:
+        size = dataset_size(cfg["dataset"], o.get("split", "test"))
+        n = n_default if size is None else size - int(o.get("offset", 0))
+    return int(n)
+
+
+def _forwards_per_prediction(cfg: dict) -> float:
+    """Model passes per image of one defended prediction: PatchCleanser's k² one-mask images (its
+    second round, on disagreeing masks, comes on top), 1 otherwise."""
+    if cfg["defense"] == "patchcleanser":
+        return float(cfg["defense_options"].get("k", 6)) ** 2
+    return 1.0
+
+
+def estimate_passes(cfg: dict, n_default: int = 1000, shared_attack: bool = True) -> float:
+    """Model forward(+backward) passes one cell costs, roughly: clean + defended predictions
+    (PatchCleanser: k² masked images each), plus ``steps × restarts × EOT`` per image for the
+    attack (×2 when an adaptive attacker differentiates through the defense, × the defense's
+    forwards per step), plus PatchCleanser's certification (k²(k²+1)/2 two-mask images per image).
+    A non-adaptive attack runs once per group on the pool: ``shared_attack=False`` charges this
+    cell with it (the first of its group), ``True`` does not."""
+    n = _cell_n(cfg, n_default=n_default)
+    f = _forwards_per_prediction(cfg)
+    passes = n * f * (1 if cfg["attack"] == "none" else 2)
+    if cfg["attack"] != "none" and (cfg["adaptive"] or not shared_attack):
+        o = cfg["attack_options"]
+        steps = o.get("steps", o.get("epochs", 1))
+        work = steps * (o.get("restarts", 1) or 1) * (o.get("eot_samples", 1) or 1)
+        passes += (n * work * (1 + f) if cfg["adaptive"]
+                   else _cell_n(cfg, pool=True, n_default=n_default) * work)
+    if cfg["attack"] == "none" and cfg["defense_options"].get("certify"):
+        passes += n * f * (f + 1) / 2
+    return float(passes)
 
 
 def run_experiment(exp: Experiment, out_dir, executor: str = "local", address: Optional[str] = None,
@@ -304,7 +399,8 @@ def run_experiment(exp: Experiment, out_dir, executor: str = "local", address: O
         log(f"{exp.name}: {len(cells)} cells, {len(cells) - len(todo)} already done, {len(todo)} to "
             f"compute ({executor} executor)")
         settings = {"device": exp.device, "artifacts": {k: p for k, (p, _) in arts.items()},
-                    "cache_dir": str(out / "cache" / "attacks"), "gallery": exp.gallery}
+                    "cache_dir": str(out / "cache" / "attacks"), "gallery": exp.gallery,
+                    "batch_size": exp.batch_size}
         (out / "cache" / "attacks").mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "experiment.json",
                           json.dumps(as_dict(exp), indent=1, sort_keys=True, default=str))
@@ -348,12 +444,17 @@ def _dry_run(exp: Experiment, out: Path, only: Optional[str], log: Callable) -> 
         spec = exp.artifacts[name]
         log(f"artifact {name}: {spec.kind} " + (f"from {spec.source}" if spec.source else
                                                  f"trained from its config (cached by hash)"))
-    total = 0.0
+    total = todo = 0.0
+    attacks = set()                 # one shared DO attack per group, charged to its first cell
     for c in cells:
-        p = estimate_passes(c.config)
+        first = c.config["attack"] != "none" and not c.config["adaptive"] and \
+            _attack_key(c.config) not in attacks
+        if first:
+            attacks.add(_attack_key(c.config))
+        p = estimate_passes(c.config, shared_attack=not first)
         total += p
+        todo += 0 if c.key in done else p
         log(f"  {'done ' if c.key in done else 'to do'} {c.key}  {c.label}  ~{p:,.0f} passes")
-    todo = sum(estimate_passes(c.config) for c in cells if c.key not in done)
     eta = f", about {todo * per_pass / 60:.1f} min at this run's measured speed" if per_pass else ""
     log(f"{len(cells)} cells, {len(names)} artifacts; estimated cost ~{todo:,.0f} model passes "
         f"still to do of ~{total:,.0f}{eta}")

@@ -1,7 +1,9 @@
 """End-to-end evaluation presets behind ``patchbench evaluate --preset NAME``.
 
 Each preset module exposes ``run(out_dir, argv) -> Path`` that trains (or reuses a cached checkpoint of)
-what it needs, evaluates, and writes ``out_dir/index.html`` and ``out_dir/results.json``.
+what it needs, evaluates, and writes ``out_dir/index.html`` and ``out_dir/results.json``. ``defenses``
+is an alias: it runs the bundled experiment file ``experiments/defenses.toml`` through the harness
+(``patchbench run defenses``), with its old flags applied.
 """
 from __future__ import annotations
 

@@ -4,8 +4,14 @@ patch area and vs attack steps.
 One table per (model, dataset, patch area) — and per any other context field that varies (threat
 geometry, seed, model/dataset options). Rows are defenses (undefended first, the GT-mask oracle last);
 columns are the benign accuracy, then per attack "DO / adaptive" robust accuracy: DO = the attack on
-the bare classifier, adaptive = the attack on model∘defense. Each number carries its 95% interval
-and, where it differs within a table, its n.
+the bare classifier, adaptive = the attack on model∘defense, and the certified accuracy where a
+defense reports one (PatchCleanser). Each number carries its 95% interval and, where it differs
+within a table, its n.
+
+Option sweeps: where one defense's cells of one table differ in a single numeric option with at least
+three values (ELGS's λ sweep of LGS/SLGS/WLGS, Tables 1–2 and Fig. 5), the table keeps the value with
+the most cells and a sweep table and plot follow: benign and DO accuracy (and their average) vs the
+option.
 """
 from __future__ import annotations
 
@@ -14,13 +20,15 @@ from typing import Dict, List, Optional
 
 from ._common import (ATTACK_ORDER, DEFENSE_ORDER, CellNamer, area_text, attack_label, attacker_of,
                       canonical, ci_text, esc, is_number, name_of, options_text, order_key, pct,
-                      varying)
+                      user_label, varying)
 from ._plots import color_for, line_figure
 
 TASK = "classification"
 MAIN_METRICS = ("clean_acc", "robust_acc")
 METRIC_LABELS = {"clean_acc": "benign acc", "robust_acc": "robust acc", "asr": "ASR"}
 MAX_FIGURES = 12
+MIN_SWEEP_VALUES = 3        # fewer values: two variants side by side, not a sweep
+SWEEP_NAMES = {"smoothing_factor": "λ"}
 
 NOTE = ("Accuracy in %; small grey numbers: the 95% interval, and the number of images n where it "
         "is not the one in the table's caption. Each attack column reads “DO / adaptive”: DO = the "
@@ -33,12 +41,17 @@ NOTE = ("Accuracy in %; small grey numbers: the 95% interval, and the number of 
 def render(report, records, namer: CellNamer) -> None:
     """Append the tables and plots of the classification cells ``records`` (failed ones included:
     their place in a table reads “failed”) to ``report``."""
-    tables = _tables(records, namer)
+    main, sweeps = _split_sweeps(records, namer)
+    if sweeps:                  # the swept option no longer varies in the main tables' labels
+        namer = CellNamer(r.config for r in main)
+    tables = _tables(main, namer)
     report.heading("Benign and robust accuracy")
     report.paragraph(NOTE, "note")
     for t in tables:
         report.raw_html(t)
-    figures = _area_figures(records, namer) + _steps_figures(records, namer)
+    for sweep in sweeps:
+        _render_sweep(report, sweep, namer)
+    figures = _area_figures(main, namer) + _steps_figures(main, namer)
     if figures:
         report.heading("Plots")
         for fig, caption in figures[:MAX_FIGURES]:
@@ -46,6 +59,113 @@ def render(report, records, namer: CellNamer) -> None:
         if len(figures) > MAX_FIGURES:
             report.paragraph(f"{len(figures) - MAX_FIGURES} more plots not shown (the page shows at "
                              f"most {MAX_FIGURES}).", "note")
+
+
+# ---- option sweeps ------------------------------------------------------------------------------
+def _split_sweeps(records, namer: CellNamer):
+    """``(records for the main tables, sweeps)``. A sweep is one defense's cells of one context whose
+    options differ in exactly one numeric option, with ≥ ``MIN_SWEEP_VALUES`` values (or ≥ 2 where
+    another defense of the context sweeps the same option: ELGS sweeps LGS, SLGS and WLGS together).
+    The main tables keep the value with the most cells (the table's own, with all its attacks), or
+    none when no value has more cells than the others."""
+    groups: Dict[str, dict] = {}
+    for r in records:
+        cfg = r.config
+        if name_of(cfg, "defense") == "none":
+            continue
+        ctx = _context(cfg, namer, True)
+        key = canonical([ctx, name_of(cfg, "defense"), user_label(cfg, "defense")])
+        groups.setdefault(key, {"ctx": ctx, "records": []})["records"].append(r)
+    candidates = []
+    for g in groups.values():
+        opts = [r.config.get("defense_options") or {} for r in g["records"]]
+        keys = varying(opts)
+        if len(keys) == 1 and all(is_number(o.get(keys[0])) for o in opts):
+            candidates.append((g, keys[0], Counter(o[keys[0]] for o in opts), opts))
+    swept = {canonical([g["ctx"], option]) for g, option, values, _ in candidates
+             if len(values) >= MIN_SWEEP_VALUES}
+    drop = set()
+    merged: Dict[str, dict] = {}
+    for g, option, values, opts in candidates:
+        where = canonical([g["ctx"], option])
+        if where not in swept:
+            continue
+        ranked = values.most_common()
+        main = ranked[0][0] if len(ranked) == 1 or ranked[0][1] > ranked[1][1] else None
+        drop.update(id(r) for r, o in zip(g["records"], opts) if o[option] != main)
+        m = merged.setdefault(where, {"ctx": g["ctx"], "option": option, "records": [],
+                                      "main": set()})
+        m["records"] += g["records"]
+        if main is not None:
+            m["main"].add(main)
+    main_records = [r for r in records if id(r) not in drop]
+    return main_records, [merged[k] for k in sorted(merged)]
+
+
+def _render_sweep(report, sweep: dict, namer: CellNamer) -> None:
+    option, ctx = sweep["option"], sweep["ctx"]
+    symbol = SWEEP_NAMES.get(option, option)
+    sweep_namer = CellNamer(r.config for r in sweep["records"])
+    rows: Dict[tuple, dict] = {}
+    attacks: Dict[tuple, str] = {}
+    for r in sweep["records"]:
+        cfg = r.config
+        who = attacker_of(cfg)
+        if r.status != "done" or who == "adaptive":
+            continue
+        defense = {k: v for k, v in namer.options(cfg, "defense").items() if k != option}
+        label = namer.variant({**cfg, "defense_options": defense}, "defense")
+        value = (cfg.get("defense_options") or {})[option]
+        row = rows.setdefault((order_key(name_of(cfg, "defense"), DEFENSE_ORDER), label, value),
+                              {"method": label, option: value})
+        if who == "none":
+            row["benign"] = r.metrics.get("clean_acc")
+        else:
+            col = sweep_namer.key(cfg, "attack")
+            attacks[col] = sweep_namer.variant(cfg, "attack")
+            row[col] = r.metrics.get("robust_acc")
+    # the attacks the sweep ran (at several values), not those of the main table's value only
+    cols = sorted((c for c in attacks if len({k[2] for k, row in rows.items() if c in row}) > 1),
+                  key=lambda k: (order_key(k[1], ATTACK_ORDER), k[2:]))
+    if not rows or not cols:
+        return
+    title = f"{ctx['model']} on {ctx['dataset']}, patch area {area_text(ctx.get('patch_area'))}"
+    head = "".join(f"<th>{esc(attacks[c])} DO</th>" for c in cols)
+    average = len(cols) == 1
+    out = [f"<table class='paper'><caption>{esc(title)}: accuracy vs {esc(symbol)}</caption>"
+           f"<tr><th class='t'>Defense</th><th>{esc(symbol)}</th><th>Benign</th>{head}"
+           + ("<th>Average</th>" if average else "") + "</tr>"]
+    series: Dict[str, list] = {}
+    styles: Dict[str, dict] = {}
+    names = sorted({k[1] for k in rows})
+    for key in sorted(rows):
+        row = rows[key]
+        ben = row.get("benign")
+        vals = [row.get(c) for c in cols]
+        avg = (ben + vals[0]) / 2 if average and is_number(ben) and is_number(vals[0]) else None
+        out.append(f"<tr><td class='t'>{esc(row['method'])}</td><td>{row[option]:g}</td>"
+                   f"<td>{pct(ben)}</td>" + "".join(f"<td>{pct(v)}</td>" for v in vals)
+                   + (f"<td>{pct(avg)}</td>" if average else "") + "</tr>")
+        color = color_for(row["method"], names)
+        for label, v, style in ([(f"{row['method']} — benign", ben, "--")]
+                                + [(f"{row['method']} — {attacks[c]} DO", val, "-")
+                                   for c, val in zip(cols, vals)]):
+            series.setdefault(label, []).append((float(row[option]), v))
+            styles[label] = {"color": color, "linestyle": style,
+                             "marker": "s" if style == "--" else "o"}
+    out.append("</table>")
+    elgs = option == "smoothing_factor"
+    report.heading(f"{'ELGS ' if elgs else ''}{symbol} sweep — {title}", 3)
+    shown = ", ".join(f"{v:g}" for v in sorted(sweep["main"]))
+    report.paragraph(f"Accuracy in % without and with the attack vs the defense's {option}"
+                     + (" (ELGS, ICAART 2022, Tables 1–2 and Fig. 5)" if elgs else "")
+                     + (f"; the table above shows {symbol} = {shown}." if shown else "."), "note")
+    report.raw_html("".join(out))
+    xs = sorted({x for pts in series.values() for x, _ in pts})
+    report.figure(line_figure(series, styles, symbol, "accuracy (%)",
+                              f"{ctx['model']}: accuracy vs {symbol}",
+                              xticks=xs if len(xs) <= 8 else None),
+                  f"Accuracy vs {symbol} — {title}. Solid: under the DO attack; dashed: benign.")
 
 
 # ---- tables -------------------------------------------------------------------------------------
@@ -105,17 +225,38 @@ def _caption(ctx: dict, shown: List[str]) -> str:
     return cap + (f" · {', '.join(extra)}" if extra else "")
 
 
+def _without_steps(cfg: dict) -> dict:
+    opts = cfg.get("attack_options")
+    opts = {k: v for k, v in opts.items() if k != "steps"} if isinstance(opts, dict) else opts
+    return {**cfg, "attack_options": opts}
+
+
+def _steps_share_columns(records, namer: CellNamer) -> bool:
+    """True when attack steps differ only between the cells of different table positions (fewer
+    iterations on an expensive adaptive row): those cells share their attack's column and say their
+    steps, as they say their n. A grid of steps (several per position) keeps a column per value."""
+    seen: Dict[tuple, set] = {}
+    for r in records:
+        cfg = r.config
+        slot = (namer.key(cfg, "defense"), namer.key(_without_steps(cfg), "attack"),
+                attacker_of(cfg))
+        seen.setdefault(slot, set()).add(canonical(_steps(cfg)))
+    return all(len(v) == 1 for v in seen.values())
+
+
 def _table(ctx: dict, records, benign, namer: CellNamer, shown: List[str]) -> str:
     rows: Dict[tuple, str] = {}
     cols: Dict[tuple, str] = {}
     slots: Dict[tuple, object] = {}
     collisions = 0
+    merge = _steps_share_columns(records, namer)
     for r in records:
         cfg = r.config
         row = namer.key(cfg, "defense")
         rows[row] = namer.variant(cfg, "defense")
-        col = namer.key(cfg, "attack")
-        cols[col] = namer.variant(cfg, "attack")
+        col_cfg = _without_steps(cfg) if merge else cfg
+        col = namer.key(col_cfg, "attack")
+        cols[col] = namer.variant(col_cfg, "attack")
         slot = (row, col, attacker_of(cfg))
         if slot in slots:
             collisions += 1
@@ -130,11 +271,16 @@ def _table(ctx: dict, records, benign, namer: CellNamer, shown: List[str]) -> st
     col_keys = sorted(cols, key=lambda k: (order_key(k[1], ATTACK_ORDER), k[2:]))
     ns = Counter(r.metrics.get("n") for r in slots.values() if r.status == "done")
     common_n = ns.most_common(1)[0][0] if ns else None
+    steps = Counter(_steps(r.config) for r in slots.values()
+                    if attacker_of(r.config) != "none") if merge else Counter()
+    common_steps = steps.most_common(1)[0][0] if len(steps) > 1 else None
     certified = any("certified_acc" in r.metrics for r in slots.values())
     head = "".join(f"<th>{esc(cols[c])}<br><small>DO / adaptive</small></th>" for c in col_keys)
     out = [f"<table class='paper'><caption>{esc(_caption(ctx, shown))}"
            + (f" · n = {common_n} images per cell" + (" unless marked" if len(ns) > 1 else "")
-              if ns else "") + "</caption>"
+              if ns else "")
+           + (f" · {common_steps} attack steps unless marked" if common_steps is not None else "")
+           + "</caption>"
            f"<tr><th class='t'>Defense</th><th>Benign</th>{head}"
            + ("<th>Certified</th>" if certified else "") + "<th class='t'>adaptive attacker</th></tr>"]
     for row in row_keys:
@@ -146,9 +292,9 @@ def _table(ctx: dict, records, benign, namer: CellNamer, shown: List[str]) -> st
                 g = str(ad.metrics.get("attacker", "adaptive"))
                 grads.add(g[len("adaptive"):].strip(" ()") or "adaptive")
             if row[1] == "none":
-                cells.append(_cell([do or ad], "robust_acc", common_n))
+                cells.append(_cell([do or ad], "robust_acc", common_n, common_steps))
             else:
-                cells.append(_cell([do, ad], "robust_acc", common_n))
+                cells.append(_cell([do, ad], "robust_acc", common_n, common_steps))
         cls = " class='oracle'" if row[1] == "gt-mask" else ""
         cert = f"<td>{_cell([ben], 'certified_acc', common_n)}</td>" if certified else ""
         out.append(f"<tr{cls}><td class='t'>{esc(rows[row])}</td>"
@@ -175,9 +321,10 @@ def _fallback_benign(slots: dict, row) -> Optional[object]:
     return max(cands, key=_rank) if cands else None
 
 
-def _cell(recs, metric: str, common_n) -> str:
+def _cell(recs, metric: str, common_n, common_steps=None) -> str:
     """“62.5 / 40.1” over a grey “[55.0–69.5] / [33.1–47.5]” line (with n where it is not the
-    table's ``common_n``), for 1 or 2 records."""
+    table's ``common_n``, and the attack steps where they are not ``common_steps``), for 1 or 2
+    records."""
     values, cis, ns, tips = [], [], [], []
     for r in recs:
         if r is None:
@@ -193,9 +340,12 @@ def _cell(recs, metric: str, common_n) -> str:
         values.append(f"<b>{pct(m.get(metric))}</b>")
         ci = ci_text(m.get(f"{metric}_ci"))
         cis.append(f"[{ci}]" if ci else "")
-        if m.get("n") != common_n:
+        notes = [f"n={m.get('n')}"] if m.get("n") != common_n else []
+        if common_steps is not None and _steps(r.config) != common_steps:
+            notes.append(f"{_steps(r.config)} steps")
+        if notes:
             who = f"{attacker_of(r.config)} " if len(recs) > 1 else ""
-            ns.append(f"{who}n={m.get('n')}")
+            ns.append(who + ", ".join(notes))
         tips.append(_tip(r, metric))
     small = " / ".join(cis) if any(cis) else ""
     if ns:
@@ -238,8 +388,8 @@ def _series_plots(records, namer: CellNamer, x_of, group_of, xlabel: str, title_
     out = []
     for g in sorted(groups.values(), key=lambda g: canonical(group_of(g["cfg"]))):
         xs = sorted({x for pts in g["series"].values() for x, _ in pts})
-        if len(xs) < 2:
-            continue            # one x value: nothing to plot against
+        if not any(len({x for x, _ in pts}) > 1 for pts in g["series"].values()):
+            continue            # no line with two x values: nothing to plot against
         title = title_of(g["cfg"])
         out.append(((lambda g=g, title=title, xs=xs: line_figure(
             g["series"], g["styles"], xlabel, "robust accuracy (%)", title, logx=logx and
