@@ -19,7 +19,7 @@ seeds = [0, 1, 2, 3]
 """
 
 
-def write_grid(folder: Path, threads: int, n: int = 200, steps: int = 20) -> Path:
+def write_grid(folder: Path, threads: int, n: int = 500, steps: int = 50) -> Path:
     path = Path(folder) / "perf-grid.toml"
     path.write_text(GRID.replace("THREADS", str(threads)).replace("N", str(n))
                     .replace("STEPS", str(steps)))

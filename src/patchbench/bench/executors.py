@@ -82,6 +82,15 @@ def _ray_cell(cfg: dict, settings: dict, threads: int):
     return run_cell(cfg, settings)
 
 
+def shared_attack_group(cell: Cell):
+    """The key of the non-adaptive attack a cell shares with other cells, or ``None``."""
+    cfg = cell.config
+    if cfg.get("attack", "none") == "none" or cfg.get("adaptive"):
+        return None
+    from .runner import _attack_key
+    return _attack_key(cfg)
+
+
 class RayExecutor:
     """One Ray task per cell; rows come back to the driver, which writes them as they finish."""
 
@@ -107,10 +116,25 @@ class RayExecutor:
         try:
             task = ray.remote(_ray_cell)
             pending = {}
-            for cell in cells:
+
+            def submit(cell: Cell) -> None:
                 ref = task.options(num_cpus=cell.num_cpus, num_gpus=cell.num_gpus).remote(
                     cell.config, settings, int(max(1, cell.num_cpus)))
                 pending[ref] = cell
+
+            # Cells that share one non-adaptive attack (every defense of one model, data, attack,
+            # threat and seed) wait for the first of their group: it leaves the attack in the run's
+            # cache folder, so no two workers compute the same attack; other cells fill the workers
+            # meanwhile.
+            waiting = {}
+            for cell in cells:
+                group = shared_attack_group(cell)
+                if group is None or group not in waiting:
+                    submit(cell)
+                    if group is not None:
+                        waiting[group] = []
+                else:
+                    waiting[group].append(cell)
             t0, done = time.time(), 0
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1)
@@ -122,6 +146,8 @@ class RayExecutor:
                         from .runner import failed_record
                         rec = failed_record(cell.config, f"the Ray task failed: {e!r}")
                     on_result(cell, rec)
+                    for follower in waiting.pop(shared_attack_group(cell), []):
+                        submit(follower)
                     done += 1
                     log(f"[{done}/{len(cells)}] {cell.label} ({rec.status}; ETA "
                         f"{_eta(done, len(cells), time.time() - t0)})")
