@@ -199,8 +199,21 @@ class LGS(Defense):
                 f"smoothing_factor={self.smoothing_factor}")
 
 
+class _SaliencyGuided:
+    """SLGS and WLGS are built from an experiment's context with its classifier (``ctx.model``),
+    whose saliency map guides them."""
+
+    @classmethod
+    def from_context(cls, ctx, **options):
+        """``model`` defaults to the context's classifier (``ctx.model``)."""
+        if "model" not in options:
+            options["model"] = ctx.require("model", f"{cls.name!r}",
+                                           "the classifier whose saliency guides it")
+        return super().from_context(ctx, **options)
+
+
 @register("slgs")
-class SLGS(LGS):
+class SLGS(_SaliencyGuided, LGS):
     """Saliency-map-based LGS (ELGS §3, eq. 10): ``T(x) = clip(x ⊙ (1 − λ·D(x) ⊙ g(x)), 0, 1)``.
 
     ``D(x)`` = saliency of ``model`` (top-5 cross-entropy, eq. 6) binarised at its mean (eq. 7),
@@ -229,21 +242,13 @@ class SLGS(LGS):
         self.erosions = check_int(erosions, "erosions", 0, MAX_MORPHOLOGY_STEPS)
         self.dilations = check_int(dilations, "dilations", 0, MAX_MORPHOLOGY_STEPS)
 
-    @classmethod
-    def from_context(cls, ctx, **options):
-        """``model`` defaults to the context's classifier (``ctx.model``)."""
-        if "model" not in options:
-            options["model"] = ctx.require("model", f"{cls.name!r}",
-                                           "the classifier whose saliency guides it")
-        return super().from_context(ctx, **options)
-
     def suppression_map(self, x: Tensor) -> Tensor:
         sal = top_k_saliency(self.model, x, self.top_k)
         return saliency_mask(sal, self.erosions, self.dilations) * self.gradient_map(x)
 
 
 @register("wlgs")
-class WLGS(LGS):
+class WLGS(_SaliencyGuided, LGS):
     """Weighted LGS (ELGS §3, eqs. 11–12): ``T(x) = clip(x ⊙ (1 − λ·W(x) ⊙ g(x)), 0, 1)``.
 
     ``W`` = the top-5 saliency of ``model`` standardised per image (eq. 11, see
@@ -273,14 +278,6 @@ class WLGS(LGS):
         self.clamp = check_bool(clamp, "clamp")
         self.second_order = check_bool(second_order, "second_order")
         self.gradient = "exact" if self.second_order else "bpda-constant"
-
-    @classmethod
-    def from_context(cls, ctx, **options):
-        """``model`` defaults to the context's classifier (``ctx.model``)."""
-        if "model" not in options:
-            options["model"] = ctx.require("model", f"{cls.name!r}",
-                                           "the classifier whose saliency guides it")
-        return super().from_context(ctx, **options)
 
     def suppression_map(self, x: Tensor) -> Tensor:
         second = self.second_order and torch.is_grad_enabled() and x.requires_grad
