@@ -218,6 +218,15 @@ def check_positive_int(value, name: str, minimum: int = 1) -> int:
     return check_int(value, name, minimum=minimum)
 
 
+def check_input_size(value, name: str = "input_size"):
+    """``None`` or ``(H, W)`` positive integers (a network's input size), returned as a tuple."""
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
+        raise TypeError(f"{name}: expected None or (height, width) in pixels, got {value!r}")
+    return tuple(check_positive_int(v, name) for v in value)
+
+
 def check_bool(value, name: str) -> bool:
     """``True``/``False`` (numpy bools too); refuses strings such as ``"false"`` that are truthy."""
     if isinstance(value, bool):

@@ -161,26 +161,24 @@ def _shared_attack(cfg: dict, settings: dict, attack, model, x, y, threat):
     run's cache folder, or run now (with the generator :func:`patchbench.evaluate` would make, so a
     cell's numbers equal ``pb.evaluate``'s on the same images) and kept in both."""
     from .._validation import make_generator
+
     key = _attack_key(cfg)
-    if key in _ATTACKS:
-        _ATTACKS.move_to_end(key)
-        return _ATTACKS[key]
     folder = settings.get("cache_dir")
-    res = None
-    if folder:
-        from ..models.weights import load_cache
-        data = load_cache(Path(folder) / f"{key}.pt", "attack cache", map_location=settings["device"])
-        if isinstance(data, dict) and "result" in data:
-            res = _as_result(data["result"])
-    if res is None:
+
+    def load_or_run():
+        if folder:
+            from ..models.weights import load_cache
+            data = load_cache(Path(folder) / f"{key}.pt", "attack cache",
+                              map_location=settings["device"])
+            if isinstance(data, dict) and "result" in data:
+                return _as_result(data["result"])
         g = make_generator(cfg["seed"], device="cuda" if x.device.type == "cuda" else "cpu")
         res = attack.run(model, x, y, threat, generator=g)
         if folder:
             atomic_save({"result": _result_dict(res)}, Path(folder) / f"{key}.pt")
-    _ATTACKS[key] = res
-    while len(_ATTACKS) > 4:
-        _ATTACKS.popitem(last=False)
-    return res
+        return res
+
+    return _remember(_ATTACKS, key, load_or_run, size=4)
 
 
 def _sliced(res, n: int):

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._validation import (check_bool, check_choice, check_device, check_fraction, check_images,
-                           check_int, check_path, check_positive, check_positive_int)
+                           check_input_size, check_int, check_path, check_positive,
+                           check_positive_int)
 from .base import Defense, _binarize, bpda, check_fill_values, register
 
 FORMAT = "patchbench.patchzero/1"
@@ -86,14 +87,6 @@ def _check_plain(value, name: str, depth: int = 0) -> None:
                     f"(use numbers, strings, lists, dicts or tensors)")
 
 
-def _check_input_size(size, name: str = "input_size"):
-    if size is None:
-        return None
-    if isinstance(size, (str, bytes)) or not hasattr(size, "__len__") or len(size) != 2:
-        raise TypeError(f"{name}: expected (H, W) in pixels or None, got {size!r}")
-    return tuple(check_positive_int(v, name) for v in size)
-
-
 @register("patchzero")
 class PatchZero(Defense):
     """Pixel-level patch detection + mean-value repainting (PatchZero, WACV 2023, §3.2, Eq. 3).
@@ -143,7 +136,7 @@ class PatchZero(Defense):
         self.channels = (None if channels in (None, 0)
                          else check_positive_int(channels, "detector.channels"))
         size = input_size if input_size is not None else getattr(detector, "input_size", None)
-        self.input_size = _check_input_size(size, "input_size")
+        self.input_size = check_input_size(size, "input_size")
         fill = check_fill_values(fill, "fill", self.channels)
         self.register_buffer("fill", torch.tensor(fill, dtype=torch.float32).view(1, -1, 1, 1))
 
@@ -264,7 +257,7 @@ class PatchZero(Defense):
             raise FileNotFoundError(f"PatchZero checkpoint {path} not found (asset names: "
                                     f"{', '.join(_ASSETS)})")
         device = check_device(device, "device")
-        input_size = _check_input_size(input_size, "input_size")
+        input_size = check_input_size(input_size, "input_size")
         if channels is not None:
             channels = check_positive_int(channels, "channels")
         unknown = sorted(set(overrides) - set(_OVERRIDES))
@@ -318,7 +311,7 @@ def _read_checkpoint(path: Path) -> dict:
         raise ValueError(f"{path}: 'config' must be a dict, got {type(ckpt['config']).__name__}")
     check_finite(sd, path)
     try:
-        ckpt = dict(ckpt, input_size=_check_input_size(ckpt["input_size"], "input_size"))
+        ckpt = dict(ckpt, input_size=check_input_size(ckpt["input_size"], "input_size"))
         if ckpt["channels"] is not None:
             ckpt["channels"] = check_positive_int(ckpt["channels"], "channels")
     except (TypeError, ValueError) as e:

@@ -28,10 +28,10 @@ from typing import List, Optional, Tuple
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._validation import check_bool, check_number, check_positive_int
+from .._validation import check_bool, check_input_size, check_number, check_positive_int
 from .base import IMAGENET_MEAN, IMAGENET_STD, Normalize, check_input_for
 from .mobilenet_v2 import MobileNetV2
-from .unet import check_input_size, group_norm
+from .unet import group_norm
 from .weights import KNOWN_SHA256, load_file, load_state_dict_checked, verify_sha256
 
 # (index into MobileNetV2.features after which a skip is taken, channels, stride)

@@ -13,17 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._validation import check_number, check_positive, check_positive_int
+from .._validation import check_input_size, check_number, check_positive, check_positive_int
 from .base import Normalize, check_input_for
-
-
-def check_input_size(value, name: str = "input_size"):
-    """``None`` or ``(H, W)`` positive integers, returned as a tuple."""
-    if value is None:
-        return None
-    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
-        raise TypeError(f"{name}: expected None or (height, width), got {value!r}")
-    return tuple(check_positive_int(v, name) for v in value)
 
 
 def _per_channel(values, name: str, channels: int, positive: bool = False):
