@@ -18,7 +18,8 @@ torch.set_num_threads(1)
 
 HW = 16
 FAST = {"masked-pgd": dict(steps=2), "masked-apgd": dict(steps=2), "masked-cw": dict(steps=2),
-        "lavan": dict(steps=2), "universal-patch": dict(epochs=1, batch_size=4)}
+        "lavan": dict(steps=2), "universal-patch": dict(epochs=1, batch_size=4),
+        "fgsm": dict(), "pgd-linf": dict(steps=2)}
 THREAT = Threat(area=0.1)
 
 

@@ -109,14 +109,17 @@ def test_a_bare_model_name_is_one_model_not_its_characters(tmp_path):
 
 
 def test_defaults_and_the_presets_recorded_config_are_unchanged():
+    from patchbench._config import config_from_mapping
     from patchbench.defensive.train import config_dict
-    from patchbench.presets.defensive_patch import fmnist_config
     cfg = DefensivePatchConfig()
     assert cfg.placement == {"kind": "border", "width": 2} and cfg.models == ("fmnist_cnn_small",
                                                                               "fmnist_cnn_wide")
     path = os.path.join(os.path.dirname(tc.__file__), "..", "assets", "defensive_patch_fmnist.pt")
-    shipped = DefensivePatch.load(path)
-    assert shipped.meta["config"] == config_dict(fmnist_config())   # the cached patch is still reused
+    recorded = DefensivePatch.load(path).meta["config"]
+    # the shipped patch's recipe still parses to the same config (so a retrain from it is that run)
+    assert config_dict(config_from_mapping(DefensivePatchConfig, recorded, "config")) == recorded
+    assert (recorded["epochs"], recorded["train_limit"], recorded["shared_ce"]) == (8, 10000, 1.0)
+    assert recorded["models"] == ["fmnist_cnn_small_stickers", "fmnist_cnn_wide_stickers"]
 
 
 # ------------------------------------------------------------------ item 6: PatchZeroTrainConfig

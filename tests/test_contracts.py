@@ -114,7 +114,32 @@ def _common_attack_checks(res, again, x, device):
 
 
 def test_every_attack_runs_on_a_known_task():
-    assert {_task(name) for name in attacks.names()} <= {"classification", "face-detection"}
+    assert {_task(name) for name in attacks.names()} <= {"classification", "face-detection",
+                                                          "retrieval"}
+
+
+def _retrieval_setup(device: str = "cpu"):
+    """A toy hasher, 6 queries of classes 0/1 and the anchor of target class 2 from a toy gallery."""
+    from retrieval_helpers import ToyHasher, toy_images
+    h = ToyHasher().to(device)
+    gx, gy = toy_images(4, seed=1)
+    from patchbench.tasks.retrieval import anchor
+    code = anchor(h.codes(gx.to(device)), gy.to(device), 2)
+    x, y = toy_images(3, seed=2, classes=2)
+    return h, x.to(device), y.to(device), code
+
+
+def _retrieval_attack_contract(name, device):
+    h, x, y, code = _retrieval_setup(device)
+    threat = Threat(area=0.1, shape="square", placement="random")
+    res = _fast_attack(name).run(h, x, y, threat, target=2, target_code=code,
+                                 generator=torch.Generator().manual_seed(3))
+    again = _fast_attack(name).run(h, x, y, threat, target=2, target_code=code,
+                                   generator=torch.Generator().manual_seed(3))
+    _common_attack_checks(res, again, x, device)
+    with torch.no_grad():
+        truth = tasks.get("retrieval").success(h(res.x_adv), code)
+    assert torch.equal(res.success.cpu(), truth.cpu()), "success must be true of the returned images"
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -122,6 +147,8 @@ def test_every_attack_runs_on_a_known_task():
 def test_attack_contract(name, device):
     if _task(name) == "face-detection":
         return _face_attack_contract(name, device)
+    if _task(name) == "retrieval":
+        return _retrieval_attack_contract(name, device)
     model = _model(device)
     x = _images(device=device)
     y = _labels(model, x)
@@ -145,6 +172,8 @@ def test_targeted_attack_success_is_reaching_the_target(name):
         with pytest.raises(ValueError, match="target"):
             _fast_attack(name).run(_detector(), x, y, None, target=torch.zeros(2, dtype=torch.long))
         return
+    if _task(name) == "retrieval":        # always targeted: success is reaching the target's code
+        return _retrieval_attack_contract(name, "cpu")
     model = _model()
     x = _images()
     y = _labels(model, x)
@@ -174,7 +203,18 @@ DEFENSE_OPTIONS = {
     "wlgs": lambda: dict(window=8, overlap=2),
     "patchcleanser": lambda: dict(k=3),
     "patchzero": lambda: dict(detector=_unet()),
+    "sac": lambda: dict(detector=_unet()),
+    "pair": lambda: dict(model=_mae()),
+    "mae-defense": lambda: dict(model=_mae()),
 }
+
+
+@functools.lru_cache(maxsize=None)
+def _mae():
+    from patchbench.models.mae import MaskedAutoencoder
+    torch.manual_seed(0)
+    return MaskedAutoencoder(image_size=SIZE, patch_size=8, dim=32, depth=1, heads=2, decoder_dim=32,
+                             decoder_depth=1, decoder_heads=2)
 
 
 def _defense(name: str):
@@ -260,7 +300,7 @@ def test_corruption_contract(name, device):
 
 # ---- zoo models ------------------------------------------------------------------------------
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("name", zoo.names())
+@pytest.mark.parametrize("name", zoo.names(kind="classifier"))
 def test_zoo_model_contract(name, device):
     model = zoo.load(name, device=device)
     assert not model.training

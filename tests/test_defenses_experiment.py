@@ -1,10 +1,17 @@
 """The bundled ``defenses`` experiment reproduces the old ``defenses`` preset: the same cells (for the
 full plan and for its flags), the same defenses built from them, and the same numbers cell for cell
 with the same seeds; ``patchbench evaluate --preset defenses`` is an alias that runs it through the
-harness, resumes, and writes the report with the certified column and the λ sweep."""
+harness, resumes, and writes the report with the certified column and the λ sweep.
+
+The old preset's side is recorded in ``tests/golden/defenses_preset.json``: its planned cells for each
+flag set below, a digest of every defense it built (settings, buffer and weight hashes) and its rows
+on :data:`SMALL`, written by the old preset code at commit dcb6e6e (the last one that had
+``presets/``) with the script in that file's ``command`` note, before the preset code was removed."""
 from __future__ import annotations
 
+import hashlib
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,8 +21,10 @@ from patchbench.bench.grid import expand
 from patchbench.bench.runner import run_experiment
 from patchbench.bench.store import ResultsStore
 from patchbench.data.fashion_mnist import fashion_mnist_available
-from patchbench.presets import _defenses_cells as old
-from patchbench.presets.defenses import experiment, parse_plan
+from patchbench.bench.aliases import defenses_experiment as experiment
+
+GOLDEN = json.loads((Path(__file__).parent / "golden" / "defenses_preset.json").read_text())
+ASSETS = Path(__file__).resolve().parent.parent / "src" / "patchbench" / "assets"
 
 needs_data = pytest.mark.skipif(not fashion_mnist_available(), reason="Fashion-MNIST files missing")
 
@@ -44,29 +53,10 @@ def _new_key(cfg: dict) -> tuple:
             cfg["defense_options"].get("smoothing_factor"))
 
 
-def _old_key(c) -> tuple:
-    return (c.model, c.dataset, c.defense, c.attack, c.adaptive, round(c.patch_area, 12), c.n,
-            c.steps, c.seed, c.options.get("smoothing_factor"))
-
-
-def _old_cells(argv) -> list:
-    """Every cell the old preset planned for ``argv`` (both parts), duplicates included."""
-    plan, _ = parse_plan(list(argv))
-    pz = {"patchzero-do": "x", "patchzero-two-stage": "y"}
-    cheap, adaptive = old.table_cells(plan, plan.model, "fashion-mnist", plan.areas, plan.defenses,
-                                      (28, 28), (0.286,), {}, plan.n)
-    sweep = old.sweep_cells(plan, plan.model, "fashion-mnist", (28, 28), plan.n) \
-        if "lgs" in plan.defenses else []
-    cells = cheap + adaptive + sweep
-    if plan.imagenet:
-        defenses = tuple(d for d in plan.defenses if d in old.TRAINING_FREE)
-        cheap, adaptive = old.table_cells(plan, "mobilenet_v2", "imagenet-samples", plan.areas[:1],
-                                          defenses, (224, 224), (0.485, 0.456, 0.406), pz, IMAGENET_N,
-                                          adaptive_attacks=plan.imagenet_adaptive_attacks,
-                                          adaptive_steps=plan.imagenet_adaptive_steps,
-                                          adaptive_n=lambda d: IMAGENET_N)
-        cells += cheap + [c for c in adaptive if c.defense != "patchcleanser"]
-    return cells
+def _old_cells(argv) -> tuple:
+    """The old preset's planned cells for ``argv``: (number planned, the set of their identities)."""
+    rec = GOLDEN["cells"][" ".join(argv)]
+    return rec["planned"], {tuple(k) for k in rec["keys"]}
 
 
 @pytest.mark.parametrize("argv", [[], ["--n", "200", "--steps", "20", "--skip-imagenet"], SMALL,
@@ -74,61 +64,56 @@ def _old_cells(argv) -> list:
                                    "--seed", "3"],
                                   ["--quick", "--n", "100", "--model", "tiny_cnn"]])
 def test_the_experiment_has_exactly_the_old_presets_cells(argv):
-    old_cells = _old_cells(argv)
+    planned, old_keys = _old_cells(argv)
     new = expand(experiment(argv))
-    assert sorted(_new_key(c.config) for c in new) == sorted({_old_key(c) for c in old_cells})
+    assert {_new_key(c.config) for c in new} == old_keys
+    assert len({_new_key(c.config) for c in new}) == len(new) == len(old_keys)
     if not argv:          # the full preset: 202 planned cells, 6 of them the λ sweep's λ = 2.3 repeats
-        assert (len(old_cells), len(new)) == (202, 196)
+        assert (planned, len(new)) == (202, 196)
 
 
 def _state(d):
-    """What a built defense computes with: its settings and its buffers/weights."""
+    """What a built defense computes with: its settings and a hash of each buffer/weight (but the
+    classifier it was given, ``model.*``: a random stand-in, another one in the recording run)."""
     if d is None:
         return None
     plain = {k: v for k, v in vars(d).items() if not k.startswith("_") and k != "training"
              and not isinstance(v, (torch.nn.Module, torch.Tensor))}
-    tensors = {k: v.detach().clone() for k, v in d.state_dict().items()}
-    return type(d).__name__, repr(sorted(plain.items())), tensors
+    tensors = {k: hashlib.sha256(v.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+               + f":{tuple(v.shape)}" for k, v in d.state_dict().items() if not k.startswith("model.")}
+    return [type(d).__name__, repr(sorted(plain.items())), tensors]
 
 
 def test_every_cell_builds_the_defense_the_old_preset_built():
     from patchbench.defenses import BuildContext, build
 
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 10))   # never run here
-    assets = old.Path(old.__file__).resolve().parent.parent / "assets"
-    pz = {"patchzero-do": str(assets / "patchzero_fmnist_do.pt"),
-          "patchzero-two-stage": str(assets / "patchzero_fmnist_two_stage.pt")}
-    arts = {"pz_do": pz["patchzero-do"], "pz_two_stage": pz["patchzero-two-stage"]}
+    arts = {"pz_do": str(ASSETS / "patchzero_fmnist_do.pt"),
+            "pz_two_stage": str(ASSETS / "patchzero_fmnist_two_stage.pt")}
     seen = set()
     for cell in expand(experiment([])):
         cfg = cell.config
         photos = cfg["dataset"] == "imagenet-samples"
         hw, fill = ((224, 224), (0.485, 0.456, 0.406)) if photos else ((28, 28), (0.286,))
         row = _row_of(cfg)
-        ident = (row, cfg["patch_area"], photos, json.dumps(cfg["defense_options"], sort_keys=True))
+        ident = json.dumps([row, cfg["patch_area"], photos, cfg["defense_options"]], sort_keys=True)
         if ident in seen:
             continue
         seen.add(ident)
-        lam = cfg["defense_options"].get("smoothing_factor", 2.3)
-        old_opts = old.defense_options(row, cfg["patch_area"], hw, fill, pz if not photos else {},
-                                       lam)
-        want = old.defense_factory(model, hw, fill, {} if photos else pz)(
-            row, old.Cell("m", "d", row, "none", False, cfg["patch_area"], 1, 0, 0, old_opts))
+        want = GOLDEN["defenses"][ident]
         opts = {k: v for k, v in cfg["defense_options"].items() if k != "certify"}
         ctx = BuildContext(model=model, image_size=hw, channels=len(fill), fill=fill,
                            patch_area=cfg["patch_area"], artifacts=arts)
         got = None if cfg["defense"] == "none" else build(cfg["defense"], ctx, **opts)
-        a, b = _state(want), _state(got)
-        assert (a is None) == (b is None), ident
-        if a is not None:
-            assert a[:2] == b[:2], ident
-            assert a[2].keys() == b[2].keys() and all(torch.equal(a[2][k], b[2][k]) for k in a[2])
+        old = want["state"] and [*want["state"][:2], {k: v for k, v in want["state"][2].items()
+                                                       if not k.startswith("model.")}]
+        assert _state(got) == old, ident
         # PatchCleanser certifies on the 28² images only, as the old preset did
         if row == "patchcleanser":
-            assert cfg["defense_options"].get("certify", False) == old_opts.get("certify", True)
+            assert cfg["defense_options"].get("certify", False) == want["certify"]
         else:
             assert "certify" not in cfg["defense_options"]
-    assert {r for r, *_ in seen} == set(old.DEFENSES) and len(seen) > 30
+    assert seen == set(GOLDEN["defenses"]) and len(seen) > 30
 
 
 #: PatchCleanser's adaptive cells on 4 images (each attack step double-masks every image): the
@@ -146,11 +131,10 @@ def _small_experiment():
 
 @pytest.fixture(scope="module")
 def both(tmp_path_factory):
-    """The old preset's cell code and the harness on :data:`SMALL`: ``(old rows, new records)``."""
+    """The old preset's rows (recorded) and the harness on :data:`SMALL`: ``(old rows, new
+    records)``."""
     root = tmp_path_factory.mktemp("parity")
-    plan, _ = parse_plan(SMALL)
-    plan.adaptive_n["patchcleanser"] = PC_ADAPTIVE_N
-    rows = old.reference_rows(plan, root / "old")
+    rows = GOLDEN["rows"]
     run_experiment(_small_experiment(), root / "new", log=_quiet)
     with ResultsStore(root / "new", readonly=True) as s:
         recs = s.records()

@@ -197,11 +197,11 @@ def test_comparison_page_shows_deltas_and_cells_of_one_run(tmp_path):
 
 
 def test_unknown_task_gets_the_generic_table(tmp_path):
-    cfg = _config("masked-pgd", "jpeg", task="retrieval")
+    cfg = _config("masked-pgd", "jpeg", task="segmentation")
     with ResultsStore(tmp_path) as s:
         s.record(CellRecord("k1", cfg, {"n": 8, "map": 0.4375, "seconds": 2.0}, seed=0))
     html = unescape(build_report(tmp_path).read_text())
-    assert "No report view for the task 'retrieval'" in html and "0.438" in html
+    assert "No report view for the task 'segmentation'" in html and "0.438" in html
 
 
 def test_a_folder_without_a_store_is_a_clear_error(tmp_path, capsys):
@@ -245,7 +245,7 @@ def test_views_dispatch_by_task_with_a_generic_fallback():
     from patchbench.bench.views import classification, generic
 
     assert views.view_for("Classification") is classification
-    assert views.view_for("retrieval") is generic and views.view_for("../x") is generic
+    assert views.view_for("segmentation") is generic and views.view_for("../x") is generic
     assert views.view_for("_common") is generic          # helper modules are not views
     assert views.main_metrics("classification") == ["clean_acc", "robust_acc"]
 

@@ -10,8 +10,13 @@ import pytest
 from patchbench.bench import config as C
 from patchbench.bench.grid import expand
 from patchbench.data.fashion_mnist import fashion_mnist_available
-from patchbench.presets._defenses_cells import CellStore
-from patchbench.presets.defenses import experiment, parse_plan
+from patchbench.bench.aliases import defenses_experiment as experiment
+from patchbench.bench.aliases import parse_defenses as parse_plan
+from patchbench.bench.aliases import run_preset
+
+
+def run(out, argv):
+    return run_preset("defenses", out, argv)
 
 pytestmark = pytest.mark.skipif(not fashion_mnist_available(), reason="Fashion-MNIST files missing")
 
@@ -23,7 +28,6 @@ REQUIRED = {"model", "dataset", "defense", "attack", "adaptive", "patch_area", "
 
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory):
-    from patchbench.presets.defenses import run
     out = tmp_path_factory.mktemp("defenses")
     buf = io.StringIO()
     with redirect_stdout(buf):
@@ -76,7 +80,6 @@ def test_lambda_sweep_cells_cover_every_method_and_lambda(first_run):
 
 
 def test_second_run_resumes_and_computes_no_cell(first_run):
-    from patchbench.presets.defenses import run
     out, _, log = first_run
     total = len(json.loads((out / "results.json").read_text()))
     buf = io.StringIO()
@@ -84,15 +87,6 @@ def test_second_run_resumes_and_computes_no_cell(first_run):
         run(out, ARGS)
     assert buf.getvalue().strip().splitlines()[-1] == \
         f"cells total={total} done={total} failed=0 ran=0"
-
-
-def test_the_reference_store_ignores_a_torn_last_line(tmp_path):
-    store = CellStore(tmp_path / "c.jsonl")
-    store.put("a", {"x": 1})
-    with open(tmp_path / "c.jsonl", "a") as f:
-        f.write('{"key": "b", "row": {')          # a run killed mid-write
-    again = CellStore(tmp_path / "c.jsonl")
-    assert "a" in again and "b" not in again
 
 
 def test_full_experiment_has_the_table_1_layout_with_smaller_n_only_on_expensive_rows():

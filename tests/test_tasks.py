@@ -42,13 +42,13 @@ def _data(n: int = 6, channels: int = 3, size: int = S):
 
 # ---- the registry --------------------------------------------------------------------------------
 def test_tasks_are_registered_and_found_by_any_spelling():
-    assert tasks.names() == ["classification", "face-detection"]
+    assert tasks.names() == ["classification", "face-detection", "retrieval"]
     assert tasks.get("Face_Detection") is tasks.get("face-detection")
     assert tasks.get("classification").name == "classification"
     t = tasks.get("classification")
     assert tasks.get(t) is t
     with pytest.raises(LookupError, match="classification"):
-        tasks.get("retrieval")
+        tasks.get("segmentation")
     with pytest.raises(TypeError, match="task"):
         tasks.get(3)
 
@@ -330,7 +330,12 @@ def test_a_build_context_builds_every_registered_defense():
     model = _model(1)
     ctx = defenses.BuildContext(model=model, image_size=(28, 28), channels=1, fill=(0.286,),
                                 patch_area=0.05, artifacts={"pz": _pz_asset()})
-    options = {"patchzero": {"checkpoint": "@pz"}}
+    from patchbench.models.mae import MaskedAutoencoder
+    torch.manual_seed(0)
+    mae = MaskedAutoencoder(image_size=28, patch_size=7, channels=1, dim=16, depth=1, heads=2,
+                            decoder_dim=16, decoder_depth=1, decoder_heads=2)
+    options = {"patchzero": {"checkpoint": "@pz"}, "sac": {"checkpoint": "fmnist"},
+               "pair": {"model": mae}, "mae-defense": {"model": mae}}
     x = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     for name in defenses.names():
         d = defenses.build(name, ctx, **options.get(name, {}))
@@ -380,18 +385,23 @@ def test_build_errors_name_what_is_wrong():
         defenses.BuildContext(artifacts={"pz": 3})
 
 
-def test_the_defenses_preset_builds_its_rows_through_the_registry():
-    from patchbench.presets._defenses_cells import Cell
-    from patchbench.presets.defenses import defense_factory, defense_options
+def test_the_defenses_experiment_builds_its_rows_through_the_registry():
+    from patchbench.bench.aliases import defenses_experiment
+    from patchbench.bench.grid import expand
     model, hw, fill = _model(1), (28, 28), (0.286,)
-    pz = {"patchzero-do": _pz_asset()}
-    make = defense_factory(model, hw, fill, pz)
-    for did, want in (("undefended", type(None)), ("gt-mask", defenses.GTMaskOracle),
-                      ("lgs", defenses.LGS), ("slgs", defenses.SLGS),
-                      ("patchcleanser", defenses.PatchCleanser), ("patchzero-do", defenses.PatchZero)):
-        cell = Cell("m", "d", did, "none", False, 0.05, 4, 0, 0,
-                    {**defense_options(did, 0.05, hw, fill, pz), "model_weights": "abc"})
-        assert type(make(did, cell)) is want, did
+    ctx = defenses.BuildContext(model=model, image_size=hw, channels=1, fill=fill, patch_area=0.05,
+                                artifacts={"pz_do": _pz_asset(), "pz_two_stage": _pz_asset()})
+    want = {"gt-mask": defenses.GTMaskOracle, "lgs": defenses.LGS, "slgs": defenses.SLGS,
+            "patchcleanser": defenses.PatchCleanser, "patchzero": defenses.PatchZero}
+    seen = set()
+    for cell in expand(defenses_experiment([])):
+        cfg = cell.config
+        if cfg["dataset"] != "fashion-mnist" or cfg["defense"] not in want:
+            continue
+        opts = {k: v for k, v in cfg["defense_options"].items() if k != "certify"}
+        assert type(defenses.build(cfg["defense"], ctx, **opts)) is want[cfg["defense"]]
+        seen.add(cfg["defense"])
+    assert seen == set(want)
 
 
 def test_a_face_result_without_its_patch_boxes_is_refused():

@@ -115,26 +115,33 @@ def _cmd_attack(args) -> int:
     return 0
 
 
+#: ``patchbench train TARGET``: the module and function that parse the target's own options
+TRAIN_TARGETS = {
+    "classifier": ("patchbench.training.classifier", "main_train_classifier"),
+    "patchzero": ("patchbench.training.patchzero", "main_train_patchzero"),
+    "defensive-patch": ("patchbench.defensive.train", "main_train_defensive_patch"),
+    "face-patch": ("patchbench.training.face_patch", "main_train_face_patch"),
+    "hasher": ("patchbench.training.hasher", "main_train_hasher"),
+    "sac": ("patchbench.training.sac", "main_train_sac"),
+    "pair": ("patchbench.training.pair", "main_train_pair"),
+}
+
+
 def _cmd_train(args, rest: List[str]) -> int:
+    import importlib
+
     what = args.what
     if what is None:                      # `patchbench train [--help]`: the targets' own help is theirs
         args.parser.print_help()
         return 0 if {"-h", "--help"} & set(rest) else 2
-    if what == "classifier":
-        from .training.classifier import main_train_classifier as fn
-    elif what == "patchzero":
-        from .training.patchzero import main_train_patchzero as fn
-    elif what == "defensive-patch":
-        from .defensive.train import main_train_defensive_patch as fn
-    elif what == "face-patch":
-        from .training.face_patch import main_train_face_patch as fn
-    else:  # argparse choices make this unreachable; kept as a clear message for direct callers
+    if what not in TRAIN_TARGETS:  # argparse choices make this unreachable; kept for direct callers
         raise LookupError(f"unknown training target {what!r}")
-    return int(fn(rest) or 0)
+    module, fn = TRAIN_TARGETS[what]
+    return int(getattr(importlib.import_module(module), fn)(rest) or 0)
 
 
 def _cmd_evaluate(args, rest: List[str]) -> int:
-    from .presets import check_preset, run_preset
+    from .bench.aliases import check_preset, run_preset
 
     if not args.preset:
         args.parser.print_help()
@@ -214,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     # add_help=False: `patchbench train classifier --help` reaches the target's own parser.
     t = sub.add_parser("train", add_help=False,
                        help="train a model/detector/patch (options after the target; TARGET --help)")
-    targets = ["classifier", "patchzero", "defensive-patch", "face-patch"]
+    targets = list(TRAIN_TARGETS)
     t.add_argument("what", nargs="?", metavar="TARGET", choices=targets, help=" | ".join(targets))
     t.set_defaults(func=_cmd_train, takes_rest=True, parser=t)
 

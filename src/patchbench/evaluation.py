@@ -30,7 +30,9 @@ class Evaluation:
 
     ``clean``/``robust``/``asr`` are :class:`patchbench.metrics.Rate`: for classification the clean
     and robust accuracy and the attack success rate; for face detection the recall (faces found at
-    ≥ δ) on the clean and on the attacked images and the rate of images whose faces were all hidden.
+    ≥ δ) on the clean and on the attacked images and the rate of images whose faces were all hidden;
+    for retrieval the clean mAP@k, the attacked queries' "relevant" mAP@k and "irrelevant" t-mAP@k
+    (:class:`patchbench.tasks.retrieval.MeanScore`; ``pred_clean``/``pred_adv`` hold the codes).
     :meth:`metrics` is the task's flat, JSON-able dict (what the results store keeps).
     """
 
@@ -46,12 +48,18 @@ class Evaluation:
     pred_clean: Optional[Tensor] = field(default=None, repr=False)   # classification labels
     pred_adv: Optional[Tensor] = field(default=None, repr=False)
     _metrics: dict = field(default_factory=dict, repr=False)
+    #: the task's raw per-image outputs (face detection: ``dets_clean``, ``dets_adv`` — lists of
+    #: ``(boxes, scores)`` — and ``patch_boxes``), for reports that pool several cells
+    outputs: dict = field(default_factory=dict, repr=False)
 
     def metrics(self) -> dict:
         """The cell's flat metrics. Classification: ``{"n", "clean_acc", "clean_acc_ci" [lo, hi],
         "robust_acc", "robust_acc_ci", "asr", "asr_ci", "asr_n" (images the attack could succeed
         on), "attacker": "none" | "DO" | "adaptive (<gradient rule>[ + EOT])"}``; face detection:
-        see :meth:`patchbench.tasks.face.FaceDetection.cell_metrics`."""
+        see :meth:`patchbench.tasks.face.FaceDetection.cell_metrics`; retrieval:
+        :meth:`patchbench.tasks.retrieval.Retrieval.cell_metrics` plus ``eot_samples`` (the
+        attacker's draws per step), ``patch_side`` (patch height / image height), ``shape`` and
+        ``purify_gallery``."""
         return {k: (list(v) if isinstance(v, list) else v) for k, v in self._metrics.items()}
 
     def row(self, **extra) -> dict:
@@ -116,7 +124,9 @@ def _check_attack_result(res, x: Tensor, adaptive: bool, defense) -> None:
 
 def evaluate(model, x: Tensor, y, attack=None, defense=None, threat=None,
              adaptive: bool = False, generator=None, batch_size: int = 64,
-             task: str = "classification", attack_result=None, target=None) -> Evaluation:
+             task: str = "classification", attack_result=None, target=None, *, gallery=None,
+             k: Optional[int] = None, purify_gallery: bool = False,
+             attack_train=None) -> Evaluation:
     """The metrics of ``model`` (behind ``defense`` if given) before and under ``attack``.
 
     Args:
@@ -138,7 +148,16 @@ def evaluate(model, x: Tensor, y, attack=None, defense=None, threat=None,
             (a non-adaptive attack on the bare model, e.g. one DO attack shared by every defense of
             a table); the attack is then not run again, and the numbers equal those of running it.
         target: targeted attacks (classification): ``N`` target classes (or one int) passed to the
-            attack; success then means reaching the target.
+            attack; success then means reaching the target. Retrieval: the target class (one int);
+            the attack gets ``target`` and ``target_code`` = its anchor voted from the gallery.
+        gallery, k, purify_gallery, attack_train: retrieval only (``task="retrieval"``, the model a
+            hasher; :mod:`patchbench.evaluation_retrieval`): ``gallery = (database images M×C×H×W
+            or ±1 codes M×bits, M labels)``; ``k`` of mAP@k (default min(1000, M), the authors'
+            ``CalcTopMap`` top-k); ``purify_gallery`` also passes the database images through the
+            defense (default False: PAIR purifies the input query, §4.2); ``attack_train = (x, y)``
+            trains a universal patch there and applies it to the queries (AdvHash: 50 training
+            images, tested on 100 others). Queries of the target class are not attacked;
+            ``attack_result`` must then be the result on ``x[~has target]`` (in order).
 
     Returns:
         an :class:`Evaluation`; ``.metrics()`` is its flat dict, ``.result`` the AttackResult.
@@ -154,12 +173,23 @@ def evaluate(model, x: Tensor, y, attack=None, defense=None, threat=None,
         raise ValueError(f"attack: {_name(attack, 'attack')!r} is an attack on the "
                          f"{getattr(attack, 'task')!r} task, not on {t.name!r}; pass "
                          f"task={getattr(attack, 'task')!r}")
+    if t.name == "retrieval":
+        from .evaluation_retrieval import evaluate_retrieval
+        return evaluate_retrieval(t, model, x, y, attack, defense, threat, adaptive, generator,
+                                  batch_size, attack_result, target, gallery, k, purify_gallery,
+                                  attack_train)
+    extra = {"gallery": gallery, "k": k, "attack_train": attack_train}
+    for key, value in extra.items():
+        if value is not None:
+            raise ValueError(f"{key}: only for task='retrieval', not {t.name!r}")
+    if purify_gallery is not False:
+        raise ValueError(f"purify_gallery: only for task='retrieval', not {t.name!r}")
     if t.name == "face-detection":
         return _evaluate_faces(t, model, x, y, attack, defense, threat, adaptive, generator,
                                batch_size, attack_result, target)
     if t.name != "classification":
         raise ValueError(f"task: evaluate does not know the {t.name!r} task yet (it knows "
-                         f"'classification' and 'face-detection')")
+                         f"'classification', 'face-detection' and 'retrieval')")
     if not callable(model):
         raise TypeError(f"model: expected a classifier (an nn.Module returning logits), got "
                         f"{type(model).__name__}")
@@ -291,4 +321,5 @@ def _evaluate_faces(t, detector, x, y, attack, defense, threat, adaptive, genera
                   metrics["asr_n"])
     return Evaluation(clean, robust, asr, False, _name(defense, "undefended"),
                       _name(attack, "attack" if res is not None else "none"), res, t.name, who,
-                      None, None, metrics)
+                      None, None, metrics,
+                      {"dets_clean": dets_clean, "dets_adv": dets_adv, "patch_boxes": pboxes})

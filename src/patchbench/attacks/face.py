@@ -166,6 +166,11 @@ class FacePatch(PatchAttack):
         batch_size: images per step (default 8); patch_size: patch tensor side (default 48).
         delta, m, gamma, iou_face, iou_patch: selection rules, see :func:`select_candidates`.
         stages: MTCNN stages whose windows are attacked (default all three).
+        patch: a trained patch to score instead of training one: a file saved by ``patchbench train
+            face-patch`` or by a ``face-patch`` experiment artifact (a dict with a ``"patch"``
+            3×s×s tensor), or the tensor itself. Then :meth:`run` only pastes and scores it (on any
+            detector: this is how a white-box MTCNN patch is transferred to the Haar / LBP
+            cascades); ``epochs``, ``lr`` and ``init`` are not used. Default None: train.
     Shapes:
         images N×3×H×W in [0, 1]; boxes: list of N tensors K_i×4; patch 3×s×s.
 
@@ -182,7 +187,8 @@ class FacePatch(PatchAttack):
                  position: str = "top-center", init: str = "noise", epochs: int = 10,
                  lr: float = 0.1, batch_size: int = 8, patch_size: int = 48, delta: float = 0.99,
                  m: float = 0.49, gamma: float = 2.0, iou_face: Optional[float] = None,
-                 iou_patch: float = 0.3, stages: Sequence[str] = ("pnet", "rnet", "onet")):
+                 iou_patch: float = 0.3, stages: Sequence[str] = ("pnet", "rnet", "onet"),
+                 patch=None):
         self.strategy = _check_option(strategy, "strategy", STRATEGIES)
         self.position = _check_option(position, "position", POSITIONS)
         self.init = _check_option(init, "init", INITS)
@@ -199,6 +205,7 @@ class FacePatch(PatchAttack):
         self.iou_patch = check_fraction(iou_patch, "iou_patch", inclusive=True)
         self.stages = _check_stages(stages)
         self.history_: List[float] = []
+        self.patch, self.fixed_patch_ = _fixed_patch(patch)
 
     def config(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(self).items()
@@ -232,6 +239,8 @@ class FacePatch(PatchAttack):
         ``threat`` must be ``None`` (the patch goes on the face boxes: ``alpha``, ``position``) and
         ``target`` too (hiding faces is untargeted). ``generator``: seed or ``torch.Generator``."""
         self._check_run_args(threat, target)
+        if self.fixed_patch_ is not None:
+            return self.score(model, x, y, self.fixed_patch_.to(x.device))
         patch = self.fit(model, x, y, generator=generator)
         return self.score(model, x, y, patch)
 
@@ -284,7 +293,7 @@ class FacePatch(PatchAttack):
         configuration resumes from it. Returns the patch 3×s×s (also ``self.patch_``); the mean loss of
         each epoch is in ``self.history_``.
         """
-        if not callable(getattr(detector, "candidates", None)):
+        if self.epochs and not callable(getattr(detector, "candidates", None)):
             raise TypeError(f"detector: expected a face detector with .candidates() (e.g. "
                             f"load_mtcnn()), got {type(detector).__name__}")
         images = check_images(images, "images", channels=3, allow_single=True).detach()
@@ -337,6 +346,27 @@ class FacePatch(PatchAttack):
         atomic_save({"patch": patch.detach().cpu(), "optimizer": opt.state_dict(), "epoch": epoch,
                      "generator": g.get_state(), "history": list(self.history_),
                      "config": self.config()}, path)
+
+
+def _fixed_patch(patch) -> Tuple[Optional[str], Optional[Tensor]]:
+    """``(what config() records, the 3×s×s patch)`` of :class:`FacePatch`'s ``patch`` option."""
+    if patch is None:
+        return None, None
+    if isinstance(patch, Tensor):
+        p, name = patch.detach(), "tensor"
+    else:
+        from ..models.weights import load_file
+        path = check_path(patch, "patch", kind="file")
+        data = load_file(path, "face patch")
+        p = data.get("patch") if isinstance(data, dict) else data
+        if not isinstance(p, Tensor):
+            raise ValueError(f"patch: {str(path)!r} holds no face patch (expected a tensor or a dict "
+                             f"with a 'patch' tensor, as 'patchbench train face-patch' writes)")
+        name = str(path)
+    p = check_images(p.float(), "patch", channels=3, allow_single=True)
+    if p.shape[0] != 1:
+        raise ValueError(f"patch: expected one 3×s×s patch, got shape {tuple(p.shape)}")
+    return name, p[0].cpu()
 
 
 def _read_checkpoint(path: Path, device) -> dict:

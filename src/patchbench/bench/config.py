@@ -9,7 +9,8 @@ A file has three parts (bundled examples: ``src/patchbench/experiments/quick.tom
     task = "classification"           # (images per prediction batch, default 64)
 
     [artifacts.pz_do]                 # something the grid needs that is trained or loaded once
-    kind = "patchzero"                # patchzero | classifier
+    kind = "patchzero"                # patchzero | classifier | face-patch | defensive-patch | sac
+                                      # | hasher | pair | patchzero-images | sac-images
     source = "asset:patchzero_fmnist_do.pt"   # or: config = { ...trainer config... }
 
     [grid]                            # the cells: every combination of the axes below
@@ -44,6 +45,12 @@ attack or defense entry into one entry per value (or per combination, with sever
 method (PatchCleanser) takes ``certify = true``: its benign cells also report the certified accuracy
 (``certified_acc``, with ``certified_acc_ci``).
 
+Tasks: ``[experiment] task`` is every grid's task unless a ``[[grid]]`` names its own
+(``task = "retrieval"``), so one file may hold grids of several tasks (the bundled ``quick`` holds a
+retrieval cell). Retrieval grids (hashers, AdvHash, purifiers) add a dataset entry's ``gallery``
+and ``train`` tables and the grid keys ``targets``, ``k`` and ``purify_gallery``: see
+:mod:`patchbench.bench.retrieval_config`.
+
 Attack options not given come from the registered classes' defaults (so ``masked-pgd`` gets PatchZero
 §4.1's settings); defense options not given are left to the defense, which builds from the cell's
 context (image size, dataset mean, patch area, model), all of it part of the cell's config. Names
@@ -65,17 +72,29 @@ from .._registry import check_keywords, normalize_name
 from .._validation import (check_bool, check_device, check_int, check_number, check_positive_int,
                            check_seed)
 
-TASKS = ("classification",)
-ARTIFACT_KINDS = ("patchzero", "classifier")
+TASKS = ("classification", "face-detection", "retrieval")
+ARTIFACT_KINDS = ("patchzero", "classifier", "face-patch", "defensive-patch", "sac",
+                  # the retrieval experiments' (bench/artifacts_retrieval.py)
+                  "hasher", "pair", "patchzero-images", "sac-images")
 _EXPERIMENT_KEYS = {"name", "task", "description", "device", "threads", "num_cpus", "num_gpus",
                     "gallery", "batch_size"}
-_GRID_KEYS = ("models", "datasets", "attacks", "defenses", "threats", "adaptive", "seeds")
-_GRID_TABLE_KEYS = set(_GRID_KEYS) | {"name", "override"}
+_GRID_KEYS = ("models", "datasets", "stickers", "corruptions", "attacks", "defenses", "threats",
+              "adaptive", "seeds")
+_GRID_TABLE_KEYS = set(_GRID_KEYS) | {"name", "override", "task", "targets", "k",
+                                       "purify_gallery"}
 _WHERE_KEYS = {"model", "dataset", "attack", "defense", "adaptive", "patch_area", "shape",
-               "placement", "seed"}
+               "placement", "seed", "sticker", "corruption", "severity", "target"}
+#: the ``stickers`` axis: a defensive patch of the true class stuck on each image before anything
+#: else happens to it, or one of its controls (Wang et al. CVPR 2022; patchbench.defensive)
+STICKERS = ("none", "defensive", "random", "blank")
 _SET_KEYS = {"n", "attack", "defense", "skip"}
 #: defense entry keys the harness reads itself (never passed to the defense's constructor)
 HARNESS_DEFENSE_KEYS = ("certify",)
+#: dataset entry keys the harness reads itself; the others are the dataset's own options (size=)
+#: (``photos = true``: a face set also evaluates the real photos of data.faces.real_faces())
+#: (``gallery`` / ``train``: a retrieval entry's database and attack-training images, see
+#: :mod:`.retrieval_config`)
+_HARNESS_DATASET_KEYS = ("split", "n", "offset", "photos", "gallery", "train")
 
 
 class ExperimentError(ValueError):
@@ -111,14 +130,22 @@ class Grid:
 
     name: str = ""
     path: str = "grid"
+    task: str = "classification"
     models: List[Entry] = field(default_factory=list)
     datasets: List[Entry] = field(default_factory=list)
+    stickers: List[Entry] = field(default_factory=lambda: [Entry("none")])
+    corruptions: List[Dict[str, object]] = field(default_factory=lambda: [{"name": "none"}])
     attacks: List[Entry] = field(default_factory=list)
     defenses: List[Entry] = field(default_factory=list)
     threats: List[Dict[str, object]] = field(default_factory=list)
     adaptive: List[bool] = field(default_factory=lambda: [False])
     seeds: List[int] = field(default_factory=lambda: [0])
     overrides: List[Dict[str, object]] = field(default_factory=list)
+    #: retrieval grids only (:mod:`.retrieval_config`): AdvHash's target classes (``[None]``: no
+    #: attack), ``k`` of mAP@k (None: min(1000, gallery)), and whether the gallery is purified
+    targets: List[Optional[int]] = field(default_factory=lambda: [None])
+    k: Optional[int] = None
+    purify_gallery: bool = False
 
 
 @dataclass
@@ -330,9 +357,10 @@ def parse(data: dict, path: Optional[Path] = None) -> Experiment:
     if isinstance(raw_grid, list):
         if not raw_grid:
             c.fail("grid", "is empty (give at least one [[grid]] table)")
-        exp.grids = [_grid(c, g, f"grid[{i}]", exp.artifacts) for i, g in enumerate(raw_grid)]
+        exp.grids = [_grid(c, g, f"grid[{i}]", exp.artifacts, exp.task)
+                     for i, g in enumerate(raw_grid)]
     else:
-        exp.grids = [_grid(c, raw_grid, "grid", exp.artifacts)]
+        exp.grids = [_grid(c, raw_grid, "grid", exp.artifacts, exp.task)]
     names = [g.name for g in exp.grids if g.name]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -341,18 +369,27 @@ def parse(data: dict, path: Optional[Path] = None) -> Experiment:
     return exp
 
 
-def _grid(c: _Checker, raw, where: str, artifacts: Dict[str, ArtifactSpec]) -> Grid:
+def _grid(c: _Checker, raw, where: str, artifacts: Dict[str, ArtifactSpec],
+          task: str = "classification") -> Grid:
     grid = c.table(raw, where)
     c.keys(grid, where, _GRID_TABLE_KEYS)
     name = grid.get("name", "")
     if not isinstance(name, str):
         c.fail(f"{where}.name", f"expected a string, got {_show(name)}", TypeError)
-    g = Grid(name=name, path=where)
-    g.models = [_model(c, r, f"{where}.models[{i}]")
+    if "task" in grid:                        # a sub-grid of another task than the experiment's
+        c.wrap(f"{where}.task", _check_task, grid["task"])
+        task = normalize_name(grid["task"])
+    g = Grid(name=name, path=where, task=task)
+    g.models = [_model(c, r, f"{where}.models[{i}]", task)
                 for i, r in enumerate(_axis(c, grid, where, "models"))]
-    g.datasets = [_dataset(c, r, f"{where}.datasets[{i}]")
+    g.datasets = [_dataset(c, r, f"{where}.datasets[{i}]", task)
                   for i, r in enumerate(_axis(c, grid, where, "datasets"))]
-    g.attacks = _entries(c, _axis(c, grid, where, "attacks", ["none"]), f"{where}.attacks", _attack)
+    g.stickers = [_sticker(c, r, f"{where}.stickers[{i}]", artifacts)
+                  for i, r in enumerate(_axis(c, grid, where, "stickers", ["none"]))]
+    g.corruptions = [v for i, r in enumerate(_axis(c, grid, where, "corruptions", ["none"]))
+                     for v in _corruptions(c, r, f"{where}.corruptions[{i}]")]
+    g.attacks = _entries(c, _axis(c, grid, where, "attacks", ["none"]), f"{where}.attacks", _attack,
+                         artifacts)
     g.defenses = _entries(c, _axis(c, grid, where, "defenses", ["none"]), f"{where}.defenses",
                           _defense, artifacts)
     g.threats = [_threat(c, r, f"{where}.threats[{i}]")
@@ -362,6 +399,23 @@ def _grid(c: _Checker, raw, where: str, artifacts: Dict[str, ArtifactSpec]) -> G
     g.seeds = [c.wrap(f"{where}.seeds[{i}]", check_seed, v, "value")
                for i, v in enumerate(_axis(c, grid, where, "seeds", [0]))]
     g.overrides = _overrides(c, grid.get("override", []), f"{where}.override")
+    from . import retrieval_config as RC
+    if task == "retrieval":
+        RC.check_grid(c, grid, g, where, dataset_size)
+        if len(g.stickers) > 1 or g.stickers[0].name != "none" or len(g.corruptions) > 1 \
+                or g.corruptions[0]["name"] != "none":
+            c.fail(where, "retrieval grids take no stickers or corruptions")
+    else:
+        RC.refuse_outside(c, grid, where, task)
+    if task == "face-detection":
+        if any(d.name != "none" for d in g.defenses) or any(g.adaptive):
+            c.fail(where, "face-detection grids take no defenses and no adaptive attacker yet "
+                          "(defenses = ['none'], adaptive = [false])")
+        if "threats" in grid or len(g.stickers) > 1 or len(g.corruptions) > 1:
+            c.fail(where, "face-detection grids take no threats, stickers or corruptions (a face "
+                          "patch sits on each face box: its alpha and position are attack options)")
+    elif any(s.name != "none" for s in g.stickers) and task != "classification":
+        c.fail(f"{where}.stickers", "stickers are for classification grids")
     return g
 
 
@@ -406,20 +460,25 @@ def _artifact(c: _Checker, name: str, raw) -> ArtifactSpec:
 
 
 def _check_artifact_config(kind: str, cfg: dict) -> None:
-    if kind == "patchzero":
-        from ..training.patchzero import PatchZeroTrainConfig
-        from .._config import config_from_mapping
-        config_from_mapping(PatchZeroTrainConfig, cfg, "config")
-    elif kind == "classifier":
-        from ..training.classifier import train_classifier
-        if "arch" not in cfg:
-            raise ValueError("arch: missing (the classifier's registered architecture)")
-        check_keywords(train_classifier, {k: v for k, v in cfg.items() if k != "out_path"},
-                       "classifier config")
+    from .artifacts import KINDS, check_config
+    if kind not in KINDS:          # the retrieval kinds, before artifacts.KINDS registers them
+        from .artifacts_retrieval import retrieval_kinds
+        retrieval_kinds()[kind].check(cfg)
+        return
+    check_config(kind, cfg)
 
 
-def _model(c: _Checker, raw, where: str) -> Entry:
+def _model(c: _Checker, raw, where: str, task: str = "classification") -> Entry:
     e = _entry(c, raw, where)
+    if task == "face-detection":
+        from .._registry import resolve_name
+        from ..models.detectors import DETECTORS
+        name = c.wrap(where, resolve_name, e.name, DETECTORS, "face detector", "name")
+        c.keys(e.options, where, {"options"})
+        return Entry(name, e.options, e.label)
+    if task == "retrieval":
+        from .retrieval_config import check_model
+        return check_model(c, e, where)
     from ..models import zoo
     c.wrap(where, zoo.get_spec, e.name)
     c.keys(e.options, where, {"weights", "options"})
@@ -430,7 +489,7 @@ def _model(c: _Checker, raw, where: str) -> Entry:
     return e
 
 
-def _dataset(c: _Checker, raw, where: str) -> Entry:
+def _dataset(c: _Checker, raw, where: str, task: str = "classification") -> Entry:
     e = _entry(c, raw, where)
     from ..data import dataset_info, dataset_names
     known = {normalize_name(n): n for n in dataset_names()}
@@ -438,8 +497,20 @@ def _dataset(c: _Checker, raw, where: str) -> Entry:
         c.fail(where, f"unknown dataset {e.name!r}; known: {', '.join(sorted(known.values()))}",
                LookupError)
     e = Entry(known[normalize_name(e.name)], e.options, e.label)
-    c.keys(e.options, where, {"split", "n", "offset"})
-    info = dataset_info(e.name)
+    own = {k: v for k, v in e.options.items() if k not in _HARNESS_DATASET_KEYS}
+    info = c.wrap(where, dataset_info, e.name, **own)
+    if info["task"] != task:
+        c.fail(where, f"{e.name!r} is a {info['task']} dataset, this experiment's task is {task!r}")
+    if "photos" in e.options:
+        c.wrap(where, check_bool, e.options["photos"], "photos")
+        if task != "face-detection":
+            c.fail(f"{where}.photos", "only face-detection datasets take photos = true")
+    for part in ("gallery", "train"):
+        if part in e.options and task != "retrieval":
+            c.fail(f"{where}.{part}", "only retrieval datasets take a gallery and train images")
+    if task == "retrieval":
+        from .retrieval_config import check_dataset
+        e = check_dataset(c, e, where, info, dataset_size)
     split = e.options.get("split", "test")
     if split not in info.get("splits", [split]):
         c.fail(f"{where}.split", f"expected one of {info['splits']}, got {split!r}", LookupError)
@@ -463,7 +534,7 @@ def dataset_size(name: str, split: str) -> Optional[int]:
     return int(size) if isinstance(size, int) else None
 
 
-def _attack(c: _Checker, raw, where: str) -> Entry:
+def _attack(c: _Checker, raw, where: str, artifacts: Optional[Dict[str, ArtifactSpec]] = None) -> Entry:
     e = _entry(c, raw, where)
     if normalize_name(e.name) == "none":
         if e.options:
@@ -471,8 +542,68 @@ def _attack(c: _Checker, raw, where: str) -> Entry:
         return Entry("none", {}, e.label)
     from ..attacks.base import _ATTACKS
     cls = c.wrap(where, _ATTACKS.lookup, e.name)
-    c.wrap(where, check_attack_options, cls.name, **e.options)
+    _check_refs(c, e.options, where, artifacts or {})
+    plain = {k: v for k, v in e.options.items() if not _is_ref(v)}
+    c.wrap(where, check_attack_options, cls.name, **plain)
     return Entry(cls.name, dict(e.options), e.label)
+
+
+def _is_ref(v) -> bool:
+    return isinstance(v, str) and v.startswith("@")
+
+
+def _check_refs(c: _Checker, options: dict, where: str, artifacts: Dict[str, ArtifactSpec],
+                kind: Optional[str] = None) -> None:
+    """Every ``"@NAME"`` option names an artifact of the file (of ``kind`` when given)."""
+    for k, v in options.items():
+        if not _is_ref(v):
+            continue
+        if v[1:] not in artifacts:
+            c.fail(f"{where}.{k}", f"refers to artifact {v!r}, but [artifacts] has "
+                                   f"{', '.join(sorted(artifacts)) or 'none'}", LookupError)
+        if kind is not None and artifacts[v[1:]].kind != kind:
+            c.fail(f"{where}.{k}", f"{v!r} is a {artifacts[v[1:]].kind} artifact, expected a {kind}")
+
+
+def _sticker(c: _Checker, raw, where: str, artifacts: Dict[str, ArtifactSpec]) -> Entry:
+    e = _entry(c, raw, where)
+    name = normalize_name(e.name)
+    if name not in STICKERS:
+        c.fail(where, f"unknown sticker {e.name!r}; expected one of {', '.join(STICKERS)}", LookupError)
+    if name == "none":
+        if e.options:
+            c.fail(where, "the 'none' sticker takes no options")
+        return Entry("none", {}, e.label)
+    c.keys(e.options, where, {"patch"})
+    if "patch" not in e.options or not _is_ref(e.options["patch"]):
+        c.fail(f"{where}.patch", "missing: a sticker needs patch = '@ARTIFACT' (a defensive-patch "
+                                 "artifact)")
+    _check_refs(c, e.options, where, artifacts, "defensive-patch")
+    return Entry(name, dict(e.options), e.label)
+
+
+def _corruptions(c: _Checker, raw, where: str) -> List[Dict[str, object]]:
+    """One ``{name, severity}`` per corruption × severity of an entry (``name = "all"``: every
+    registered corruption, in :data:`patchbench.corruptions.CORRUPTIONS` order)."""
+    from ..corruptions import CORRUPTIONS, MAX_SEVERITY
+    e = _entry(c, raw, where)
+    if normalize_name(e.name) == "none":
+        if e.options:
+            c.fail(where, "the 'none' corruption takes no options")
+        return [{"name": "none"}]
+    c.keys(e.options, where, {"severity"})
+    if normalize_name(e.name) == "all":
+        names = list(CORRUPTIONS)
+    else:
+        from .._registry import resolve_name
+        names = [c.wrap(where, resolve_name, e.name, list(CORRUPTIONS), "corruption", "name")]
+    sev = e.options.get("severity", list(range(1, MAX_SEVERITY + 1)))
+    sev = sev if isinstance(sev, list) else [sev]
+    if not sev:
+        c.fail(f"{where}.severity", "is empty")
+    sev = [c.wrap(f"{where}.severity[{i}]", check_int, s, "severity", 1, MAX_SEVERITY)
+           for i, s in enumerate(sev)]
+    return [{"name": n, "severity": s} for n in names for s in sev]
 
 
 def check_attack_options(name: str, **options) -> None:
@@ -490,10 +621,7 @@ def _defense(c: _Checker, raw, where: str, artifacts: Dict[str, ArtifactSpec]) -
     from ..defenses.base import _DEFENSES
     cls = c.wrap(where, _DEFENSES.lookup, e.name)
     c.wrap(where, check_defense_options, cls.name, **e.options)
-    for k, v in e.options.items():
-        if isinstance(v, str) and v.startswith("@") and v[1:] not in artifacts:
-            c.fail(f"{where}.{k}", f"refers to artifact {v!r}, but [artifacts] has "
-                                   f"{', '.join(sorted(artifacts)) or 'none'}", LookupError)
+    _check_refs(c, e.options, where, artifacts)
     return Entry(cls.name, dict(e.options), e.label)
 
 

@@ -1,7 +1,7 @@
 """From a validated :class:`~patchbench.bench.config.Experiment` to its cells.
 
-A cell is one combination of model × dataset × attack × defense × threat × adaptive × seed of one of
-the experiment's grids, after the overrides. Its *config* is plain JSON-able data holding everything
+A cell is one combination of model × dataset × attack × defense × threat × adaptive × seed (× target
+class, for retrieval grids) of one of the experiment's grids, after the overrides. Its *config* is plain JSON-able data holding everything
 that changes its numbers (the attack's full options, with the registered defaults filled in, the
 defense's options, the dataset pool and the cell's own ``n``, and the fingerprints of the artifacts it
 uses); its *key* is the hash of that config. Rules that keep the grid honest and small:
@@ -91,7 +91,14 @@ def defense_options(entry: Entry) -> Dict[str, object]:
 def _matches(where: Dict[str, object], cfg: Dict[str, object], labels: Dict[str, str]) -> bool:
     for k, want in where.items():
         if k in ("shape", "placement"):
-            have = cfg["threat"][k]
+            have = (cfg["threat"] or {}).get(k)
+        elif k == "sticker":
+            have = cfg.get("sticker", {}).get("name", "none")
+        elif k == "target":
+            have = cfg.get("target")
+        elif k in ("corruption", "severity"):
+            have = cfg.get("corruption", {}).get("name" if k == "corruption" else k,
+                                                 "none" if k == "corruption" else 0)
         else:
             have = cfg[k]
         if isinstance(want, list):
@@ -103,12 +110,13 @@ def _matches(where: Dict[str, object], cfg: Dict[str, object], labels: Dict[str,
 
 
 def _eq(key: str, want, have, labels: Dict[str, str]) -> bool:
-    if key in ("attack", "defense", "model", "dataset") and isinstance(want, str):
+    if key in ("attack", "defense", "model", "dataset", "sticker", "corruption") and \
+            isinstance(want, str):
         pat = normalize_name(want)
         return fnmatch.fnmatchcase(normalize_name(have), pat) or \
             fnmatch.fnmatchcase(normalize_name(labels.get(key, "")), pat)
     if key == "patch_area":
-        return abs(float(want) - float(have)) < 1e-12
+        return have is not None and abs(float(want) - float(have)) < 1e-12
     return want == have
 
 
@@ -157,7 +165,7 @@ class _OverrideChecks:
 def artifact_refs(cfg: Dict[str, object]) -> List[str]:
     """Names of the artifacts (``"@NAME"`` option values) a cell config uses."""
     refs = []
-    for part in ("model_options", "defense_options", "attack_options"):
+    for part in ("model_options", "defense_options", "attack_options", "sticker"):
         for v in cfg.get(part, {}).values():
             if isinstance(v, str) and v.startswith("@"):
                 refs.append(v[1:])
@@ -183,29 +191,45 @@ def expand(exp: Experiment, artifact_prints: Optional[Dict[str, str]] = None) ->
 
 def _grid_cells(exp: Experiment, grid: Grid, prints: Dict[str, str], checks: _OverrideChecks):
     overrides = list(grid.overrides) + list(exp.overrides)
-    for model, (d, data), threat, defense, attack, adaptive, seed in itertools.product(
-            grid.models, enumerate(grid.datasets), grid.threats, grid.defenses, grid.attacks,
-            grid.adaptive, grid.seeds):
+    task = grid.task or exp.task             # a [[grid]] may name its own task
+    faces = task == "face-detection"         # face patches sit on the face boxes: no threat
+    retrieval = task == "retrieval"
+    targets = grid.targets if retrieval else [None]
+    for model, (d, data), sticker, corruption, threat, defense, attack, adaptive, seed, target in \
+            itertools.product(grid.models, enumerate(grid.datasets), grid.stickers,
+                              grid.corruptions, grid.threats[:1] if faces else grid.threats,
+                              grid.defenses, grid.attacks, grid.adaptive, grid.seeds, targets):
         if adaptive and (attack.name == "none" or defense.name == "none"):
             continue
         n = data.options.get("n")
         split, offset = data.options.get("split", "test"), int(data.options.get("offset", 0))
         cfg: Dict[str, object] = {
-            "schema": CELL_SCHEMA, "experiment": exp.name, "task": exp.task,
+            "schema": CELL_SCHEMA, "experiment": exp.name, "task": task,
             "model": model.name, "model_options": _jsonable(model.options),
             "dataset": data.name,
             "dataset_options": {"split": split, "offset": offset,
-                                "n": None if n is None else int(n)},
+                                "n": None if n is None else int(n),
+                                **_jsonable({k: v for k, v in data.options.items()
+                                             if k not in ("split", "offset", "n")})},
             "n": None if n is None else int(n),
             "attack": attack.name, "attack_options": attack_options(attack),
             "defense": defense.name, "defense_options": defense_options(defense),
-            "patch_area": float(threat["area"]),
-            "threat": {"shape": threat["shape"], "placement": _jsonable(threat["placement"]),
-                       "aspect": float(threat["aspect"])},
+            "patch_area": None if faces else float(threat["area"]),
+            "threat": None if faces else {"shape": threat["shape"],
+                                          "placement": _jsonable(threat["placement"]),
+                                          "aspect": float(threat["aspect"])},
             "adaptive": bool(adaptive), "seed": int(seed),
         }
         labels = {"attack": attack.display(), "defense": defense.display(),
                   "model": model.display(), "dataset": data.display()}
+        if sticker.name != "none":           # absent when "none": older cells keep their keys
+            cfg["sticker"] = {"name": sticker.name, **_jsonable(sticker.options)}
+            labels["sticker"] = sticker.display()
+        if corruption["name"] != "none":
+            cfg["corruption"] = dict(corruption)
+        if retrieval:                        # only retrieval cells carry these: other keys stay
+            from .retrieval_config import cell_fields
+            cfg.update(cell_fields(grid, target))
         pool = n
         if pool is None:
             size = dataset_size(data.name, split)
@@ -230,7 +254,18 @@ def describe(cfg: Dict[str, object]) -> str:
     who = "benign" if cfg["attack"] == "none" else (
         f"{lab.get('attack', cfg['attack'])} {'adaptive' if cfg['adaptive'] else 'DO'}")
     n = cfg["n"] if cfg["n"] is not None else "all"
-    return (f"{lab.get('model', cfg['model'])} {cfg['patch_area']:.0%} "
+    area = "" if cfg.get("patch_area") is None else f" {cfg['patch_area']:.0%}"
+    extra = ""
+    if cfg.get("sticker"):
+        extra += f" sticker={lab.get('sticker', cfg['sticker']['name'])}"
+    if cfg.get("corruption"):
+        extra += f" {cfg['corruption']['name']}@{cfg['corruption']['severity']}"
+    if cfg.get("task") == "retrieval":
+        if cfg.get("target") is not None:
+            extra += f" target={cfg['target']}"
+        opts = cfg.get("defense_options") or {}      # the options that change the attacker only
+        extra += "".join(f" {k}={opts[k]}" for k in ("eot_samples", "gradient") if k in opts)
+    return (f"{lab.get('model', cfg['model'])}{area}{extra} "
             f"{lab.get('defense', cfg['defense'])} {who} n={n} seed {cfg['seed']}")
 
 

@@ -132,8 +132,9 @@ def run_page(run_dir: Path, records: List[CellRecord]) -> Report:
     if not records:
         rep.paragraph("The store holds no cell yet.", "note")
         return rep
-    views.render(rep, records, namer)
-    _galleries(rep, run_dir, records, namer)
+    views.render(rep, records, namer, run_dir)
+    owned = views.owned_galleries(records)
+    _galleries(rep, run_dir, [r for r in records if r.key not in owned], namer)
     _failed(rep, records, namer)
     return rep
 

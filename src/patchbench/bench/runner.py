@@ -11,6 +11,9 @@ downstream-only attacker): it is computed once on the whole pool (the dataset en
 ``DIR/cache/attacks/`` (memory too), and each cell scores its first ``n`` images (the cell's own ``n``,
 from an override). Benign and adaptive cells evaluate the pool's first ``n`` images themselves.
 
+Retrieval cells (hashers under AdvHash, PAIR Table 2) are :mod:`.retrieval_cell`: the same group
+sharing of the DO attack, on the cell's own queries.
+
 Defense extras: a defense that counts its forward passes (PatchCleanser's ``last_forward_counts``)
 adds ``forward_equivalents_last`` (per image, of its last prediction call in the cell), and one built
 with ``certify = true`` adds ``certified_acc`` (with ``certified_acc_ci``) to its benign cells.
@@ -27,68 +30,18 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from .._io import atomic_save, atomic_write_text, cache_root, config_fingerprint, file_fingerprint
-from .config import ArtifactSpec, Experiment, as_dict
+from .._io import atomic_save, atomic_write_text, config_fingerprint
+from .artifacts import artifact_path, build_artifacts  # noqa: F401  (re-exported)
+from .config import Experiment, as_dict
 from .grid import Cell, expand, select
 from .store import CellRecord, ResultsStore
-
-
-# ---- artifacts ---------------------------------------------------------------------------------
-def artifact_path(spec: ArtifactSpec, log: Callable = print) -> Path:
-    """The file of an artifact: a shipped asset, a user file, or trained once into
-    ``$PATCHBENCH_HOME/artifacts/<kind>/<hash of its config>/`` and read from there afterwards."""
-    if spec.source is not None:
-        if spec.source.startswith("asset:"):
-            from importlib import resources
-            return Path(str(resources.files("patchbench").joinpath("assets", spec.source[6:])))
-        return Path(spec.source[5:]).expanduser()
-    ident = {"kind": spec.kind, "config": spec.config}
-    folder = cache_root("artifacts", spec.kind, config_fingerprint(ident))
-    meta = folder / "artifact.json"
-    if meta.is_file():
-        try:
-            recorded = json.loads(meta.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            recorded = None
-        if recorded != ident:
-            raise ValueError(f"artifacts.{spec.name}: the cache {folder} holds an artifact whose config "
-                             f"no longer matches this one ({recorded!r} vs {ident!r}); delete that "
-                             f"folder to retrain it")
-        done = folder / "DONE"
-        if done.is_file():
-            return folder / done.read_text(encoding="utf-8").strip()
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(meta, json.dumps(ident, sort_keys=True))
-    log(f"artifact {spec.name}: training a {spec.kind} into {folder} (resumable)")
-    if spec.kind == "patchzero":
-        from .._config import config_from_mapping
-        from ..training.patchzero import PatchZeroTrainConfig, train_patchzero
-        cfg = config_from_mapping(PatchZeroTrainConfig, spec.config, f"artifacts.{spec.name}.config")
-        path = Path(train_patchzero(cfg, folder, resume=True))
-    elif spec.kind == "classifier":
-        from ..training.classifier import train_classifier
-        path = folder / "model.pt"
-        train_classifier(out_path=path, **spec.config)
-    else:  # the config loader refuses other kinds
-        raise LookupError(f"artifacts.{spec.name}.kind: unknown kind {spec.kind!r}")
-    atomic_write_text(folder / "DONE", path.name)
-    return path
-
-
-def build_artifacts(exp: Experiment, names, log: Callable = print) -> Dict[str, Tuple[str, str]]:
-    """``name -> (path, fingerprint)`` of the artifacts ``names``, in the file's order."""
-    out = {}
-    for name, spec in exp.artifacts.items():
-        if name in names:
-            p = artifact_path(spec, log)
-            out[name] = (str(p), file_fingerprint(p))
-    return out
 
 
 # ---- one cell ----------------------------------------------------------------------------------
 _MODELS: "OrderedDict[str, object]" = OrderedDict()
 _DATA: "OrderedDict[str, tuple]" = OrderedDict()
 _ATTACKS: "OrderedDict[str, object]" = OrderedDict()
+_PREPARED: "OrderedDict[str, object]" = OrderedDict()
 
 
 def _remember(cache: OrderedDict, key: str, make: Callable, size: int = 4):
@@ -108,12 +61,23 @@ def _resolve(value, paths: Dict[str, str]):
     return value
 
 
-def _load_model(cfg: dict, paths: Dict[str, str], device: str):
-    from ..models import load
+def _model_key(cfg: dict, paths: Dict[str, str], device: str):
+    """``(cache key, weights, builder options)`` of a zoo model cell (``weights = false``: an
+    untrained, seeded model)."""
     opts = dict(cfg["model_options"])
     weights = _resolve(opts.pop("weights", None), paths)
     kwargs = dict(opts.pop("options", {}))
-    key = json.dumps([cfg["model"], weights, kwargs, device], sort_keys=True)
+    return json.dumps([cfg["model"], weights, kwargs, device], sort_keys=True), weights, kwargs
+
+
+def _load_model(cfg: dict, paths: Dict[str, str], device: str):
+    from ..models import load
+    if cfg["task"] == "face-detection":
+        from ..models.detectors import load_detector
+        kwargs = dict(cfg["model_options"].get("options", {}))
+        key = json.dumps([cfg["model"], kwargs, device], sort_keys=True)
+        return _remember(_MODELS, key, lambda: load_detector(cfg["model"], device=device, **kwargs))
+    key, weights, kwargs = _model_key(cfg, paths, device)
     model = _remember(_MODELS, key, lambda: load(cfg["model"], weights=weights, device=device,
                                                   **kwargs).eval())
     return model.requires_grad_(False)
@@ -124,8 +88,26 @@ def _load_pool(cfg: dict, device: str):
     from ..data import load_dataset
     o = cfg["dataset_options"]
     key = json.dumps([cfg["dataset"], o, device], sort_keys=True)
-    return _remember(_DATA, key, lambda: tuple(t.to(device) for t in load_dataset(
-        cfg["dataset"], split=o["split"], n=o.get("n"), offset=o["offset"])))
+    own = {k: v for k, v in o.items()
+           if k not in ("split", "n", "offset", "photos", "gallery", "train")}
+
+    def load():
+        x, y = load_dataset(cfg["dataset"], split=o["split"], n=o.get("n"), offset=o["offset"],
+                            **own)
+        return x.to(device), ([b.to(device) for b in y] if isinstance(y, list) else y.to(device))
+    return _remember(_DATA, key, load)
+
+
+def _prepared_pool(cfg: dict, model, paths: Dict[str, str], device: str):
+    """The pool with the cell's sticker and corruption (:mod:`.cells`), kept in memory so the
+    models of one prepared pool share it."""
+    from .cells import prepare, prepare_key
+    x, y = _load_pool(cfg, device)
+    extra = prepare_key(cfg)
+    if extra is None:
+        return x, y
+    key = json.dumps([cfg["dataset"], cfg["dataset_options"], extra, device], sort_keys=True)
+    return _remember(_PREPARED, key, lambda: prepare(cfg, model, x, y, paths), size=2), y
 
 
 def _first(x, y, n: Optional[int]):
@@ -148,12 +130,16 @@ def _threat(cfg: dict):
 
 def _attack_key(cfg: dict) -> str:
     """What a non-adaptive attack depends on: the bare model (and its weights' artifact), the pool,
-    the attack, the threat and the seed — not the defense, nor the cell's own ``n``."""
+    the attack, the threat and the seed — not the defense, nor the cell's own ``n`` (retrieval: also
+    the target class and the cell's ``n``, since its attack runs on the cell's own queries)."""
     keep = ("model", "model_options", "dataset", "dataset_options", "attack", "attack_options",
-            "patch_area", "threat", "seed", "task")
+            "patch_area", "threat", "seed", "task", "sticker", "corruption")
     refs = [v[1:] for v in cfg["model_options"].values() if isinstance(v, str) and v.startswith("@")]
-    return config_fingerprint({**{k: cfg[k] for k in keep}, "schema": cfg.get("schema"),
-                               "model_artifacts": {r: cfg["artifacts"].get(r, r) for r in refs}})
+    what = {**{k: cfg.get(k) for k in keep}, "schema": cfg.get("schema"),
+            "model_artifacts": {r: cfg["artifacts"].get(r, r) for r in refs}}
+    if cfg.get("task") == "retrieval":   # AdvHash's target, on the cell's own queries (no slicing)
+        what.update(target=cfg.get("target"), n=cfg.get("n"))
+    return config_fingerprint(what)
 
 
 def _shared_attack(cfg: dict, settings: dict, attack, model, x, y, threat):
@@ -225,7 +211,13 @@ def compute_cell(cfg: dict, settings: dict) -> Tuple[dict, Optional[dict]]:
     device = settings.get("device", "cpu")
     paths = settings.get("artifacts", {})
     model = _load_model(cfg, paths, device)
-    x_pool, y_pool = _load_pool(cfg, device)
+    if cfg["task"] == "face-detection":
+        return _face_cell(cfg, settings, model, paths, device)
+    if cfg["task"] == "retrieval":
+        from .retrieval_cell import retrieval_cell
+        return retrieval_cell(cfg, settings, model, _model_key(cfg, paths, device)[0], paths,
+                              device)
+    x_pool, y_pool = _prepared_pool(cfg, model, paths, device)
     x, y = _first(x_pool, y_pool, cfg["n"])
     info = dataset_info(cfg["dataset"])
     threat = _threat(cfg)
@@ -251,6 +243,27 @@ def compute_cell(cfg: dict, settings: dict) -> Tuple[dict, Optional[dict]]:
     metrics["seconds"] = round(time.perf_counter() - t0, 4)
     gallery = _gallery(model, defense, x, y, ev.result, settings.get("gallery", 0))
     return metrics, gallery
+
+
+def _face_cell(cfg: dict, settings: dict, detector, paths: Dict[str, str], device: str):
+    """A face-detection cell (:func:`.cells.face_cell`): ``(metrics, gallery)``."""
+    import patchbench as pb
+    from .cells import face_cell, face_gallery, face_parts
+    if cfg["defense"] != "none" or cfg["adaptive"]:
+        raise ValueError("face-detection cells take no defense and no adaptive attacker yet")
+    x_pool, y_pool = _load_pool(cfg, device)
+    x, y = _first(x_pool, y_pool, cfg["n"])
+    opts = {k: _resolve(v, paths) for k, v in cfg["attack_options"].items()}
+    attack = None if cfg["attack"] == "none" else pb.attacks.get(cfg["attack"], **opts)
+    t0 = time.perf_counter()
+    parts = face_parts(cfg, x, y)
+    metrics, evs, pooled, gts = face_cell(cfg, detector, attack, parts,
+                                          int(settings.get("batch_size", 64)))
+    metrics = dict(metrics)
+    if attack is not None and getattr(attack, "fixed_patch_", None) is None:
+        metrics["train_loss_last"] = (evs[0].result.history or [None])[-1]
+    metrics["seconds"] = round(time.perf_counter() - t0, 4)
+    return metrics, face_gallery(parts, evs, pooled, gts, int(settings.get("gallery", 0)))
 
 
 def _defense_extras(defense, model, x, y, certify: bool) -> dict:
@@ -363,6 +376,9 @@ def estimate_passes(cfg: dict, n_default: int = 1000, shared_attack: bool = True
     forwards per step), plus PatchCleanser's certification (k²(k²+1)/2 two-mask images per image).
     A non-adaptive attack runs once per group on the pool: ``shared_attack=False`` charges this
     cell with it (the first of its group), ``True`` does not."""
+    if cfg.get("task") == "retrieval":
+        from .retrieval_cell import estimate_passes as retrieval_passes
+        return retrieval_passes(cfg, shared_attack, n_default)
     n = _cell_n(cfg, n_default=n_default)
     f = _forwards_per_prediction(cfg)
     passes = n * f * (1 if cfg["attack"] == "none" else 2)
@@ -393,15 +409,16 @@ def run_experiment(exp: Experiment, out_dir, executor: str = "local", address: O
         arts = build_artifacts(exp, names, log)
         cells = select(expand(exp, {k: fp for k, (_, fp) in arts.items()}), only)
         status = store.statuses()
-        todo = [c for c in cells if status.get(c.key) != "done"]
+        todo = _ordered([c for c in cells if status.get(c.key) != "done"])
         log(f"{exp.name}: {len(cells)} cells, {len(cells) - len(todo)} already done, {len(todo)} to "
             f"compute ({executor} executor)")
         settings = {"device": exp.device, "artifacts": {k: p for k, (p, _) in arts.items()},
                     "cache_dir": str(out / "cache" / "attacks"), "gallery": exp.gallery,
                     "batch_size": exp.batch_size}
         (out / "cache" / "attacks").mkdir(parents=True, exist_ok=True)
+        meta = {**as_dict(exp), "artifact_paths": dict(settings["artifacts"])}
         atomic_write_text(out / "experiment.json",
-                          json.dumps(as_dict(exp), indent=1, sort_keys=True, default=str))
+                          json.dumps(meta, indent=1, sort_keys=True, default=str))
         ran = [0]
         compute = [0.0]
 
@@ -424,6 +441,21 @@ def run_experiment(exp: Experiment, out_dir, executor: str = "local", address: O
         failed = sum(final.get(c.key) == "failed" for c in cells)
         summary = Summary(len(cells), done, failed, ran[0], out, time.time() - t_start, compute[0])
     return summary
+
+
+def _ordered(cells: List[Cell]) -> List[Cell]:
+    """Cells that share a prepared pool (sticker, corruption) run one after the other, so each is
+    prepared once (a stable sort: the file's order otherwise)."""
+    from .cells import prepare_key
+    if not any(prepare_key(c.config) for c in cells):
+        return cells
+    first: Dict[str, int] = {}
+    keys = []
+    for c in cells:
+        k = json.dumps([c.config["dataset"], c.config["dataset_options"], prepare_key(c.config)],
+                       sort_keys=True)
+        keys.append(first.setdefault(k, len(first)))
+    return [c for _, c in sorted(zip(keys, cells), key=lambda t: t[0])]
 
 
 def _dry_run(exp: Experiment, out: Path, only: Optional[str], log: Callable) -> Summary:

@@ -7,6 +7,7 @@ Example::
     x, y = pb.data.load_dataset("fashion-mnist", "test", n=64)   # see pb.data.dataset_names()
     x, y = pb.data.samples("imagenet")              # real photos, ImageNet-1k labels
     x, y = pb.data.ImageFolder("photos/", size=224).load()
+    meta = pb.data.scene_metadata("query", n=4)     # items of the fmnist-scenes retrieval proxy
 """
 from __future__ import annotations
 
@@ -23,11 +24,15 @@ __all__ = ["IMG_EXTENSIONS", "ImageFolder", "ImageNetVal", "image_paths", "load_
            "read_image", "stack_batch", "imagenet_class_names", "imagenet_val_labels", "Sample",
            "sample_info", "samples", "resize_center_crop", "to_pil", "to_tensor",
            "load_fashion_mnist", "FASHION_MNIST_CLASSES", "DatasetSpec", "dataset_info",
-           "dataset_names", "load_dataset"]
+           "dataset_names", "load_dataset", "load_retrieval", "retrieval_metadata", "scene_metadata",
+           "dataset_statistics"]
 
 # Written in its own module (idx reader); loaded on first use so this package imports cheaply.
 _LAZY = {"load_fashion_mnist": "fashion_mnist", "FASHION_MNIST_CLASSES": "fashion_mnist",
-         "fashion_mnist_available": "fashion_mnist", "fashion_mnist": "fashion_mnist"}
+         "fashion_mnist_available": "fashion_mnist", "fashion_mnist": "fashion_mnist",
+         # the retrieval proxies fmnist-objects / fmnist-scenes (their per-image metadata too)
+         "load_retrieval": "retrieval", "retrieval_metadata": "retrieval",
+         "scene_metadata": "retrieval", "dataset_statistics": "retrieval", "retrieval": "retrieval"}
 
 
 def __getattr__(name):

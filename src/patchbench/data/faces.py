@@ -25,7 +25,7 @@ import importlib.util
 import math
 import os
 from functools import lru_cache
-from typing import List, NamedTuple, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -349,3 +349,27 @@ def load_wider_annotations(txt_path) -> List[WiderRecord]:
         ok = (t[:, 2] > 0) & (t[:, 3] > 0)
         boxes = torch.cat([t[ok, :2], t[ok, :2] + t[ok, 2:4]], 1)
         records.append(WiderRecord(name.strip(), boxes, t[ok, 4:].long(), int((~ok).sum())))
+
+
+#: the generators of the registered ``face-composites`` splits (those of the face-patch experiment)
+COMPOSITE_SEEDS = {"train": 0, "test": 1}
+
+
+def _face_composites(split: str, stop: Optional[int], size: int = 192):
+    from ..training.face_patch import scale_range
+    side = check_int(size, "size", 24)
+    data = composite_faces(1000 if stop is None else stop, size=(side, side), scale_range=scale_range(side), split=split,
+                           generator=COMPOSITE_SEEDS[split])
+    return data.images, list(data.boxes)
+
+
+def face_composites_spec():
+    """The registered dataset ``face-composites``: :func:`composite_faces` of the train / test face
+    identities, ``size``×``size`` px (default 192, faces 3/16–3/8 of the side), generated with the
+    fixed generators :data:`COMPOSITE_SEEDS`; ``y`` is the list of per-image face boxes. The
+    composites are generated, so a split holds as many as asked for (up to 1000)."""
+    from .registry import DatasetSpec
+    return DatasetSpec("face-composites", _face_composites, {"train": 1000, "test": 1000}, 3,
+                       (192, 192), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), 1, task="face-detection",
+                       description="LFW faces pasted on face-free photos (train/test identities); "
+                                   "y = face boxes; size= sets the side")

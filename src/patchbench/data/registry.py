@@ -7,7 +7,11 @@ Names fold like every registry name (:func:`patchbench._registry.normalize_name`
   ``dataset-fashion-mnist``; ``root=`` or ``$PATCHBENCH_FASHION_MNIST`` elsewhere), splits
   ``train`` (60 000) and ``test`` (10 000), 1×28×28;
 * ``"imagenet-samples"`` — the offline photos of :func:`patchbench.data.samples` ``("imagenet")``
-  with human ImageNet-1k labels, split ``test`` only, 3×224×224 (``size=`` resizes).
+  with human ImageNet-1k labels, split ``test`` only, 3×224×224 (``size=`` resizes);
+* ``"fmnist-objects"`` / ``"fmnist-scenes"`` — the retrieval proxies of
+  :mod:`patchbench.data.retrieval` (task ``"retrieval"``): colourised Fashion-MNIST items on 3×64×64
+  canvases, splits ``train`` (10 000), ``database`` (2 000), ``query`` (1 000) from disjoint source
+  items; labels are class indices (objects) or ``N×10`` multi-hot (scenes); ``size=`` and ``seed=``.
 
 Example::
 
@@ -94,6 +98,11 @@ def _register_builtins() -> None:
         tuple(IMAGENET_MEAN), tuple(IMAGENET_STD), 1000,
         description="offline photos (scikit-image, scikit-learn, matplotlib) with human "
                     "ImageNet-1k labels; size= resizes"))
+    from .faces import face_composites_spec
+    register(face_composites_spec())
+    from .retrieval import retrieval_specs
+    for spec in retrieval_specs():
+        register(spec)
 
 
 def _spec(name) -> DatasetSpec:
@@ -178,5 +187,8 @@ def load_dataset(name: str, split: str = "test", n: Optional[int] = None, offset
     stop = None if n is None else offset + n
     x, y = spec.load(split, stop, **options)
     if offset or (stop is not None and stop < x.shape[0]):
-        x, y = x[offset:stop].clone(), y[offset:stop].clone()
+        x, y = x[offset:stop].clone(), (y[offset:stop].clone() if isinstance(y, Tensor)
+                                        else list(y[offset:stop]))
+    if spec.task == "face-detection":          # y: one K×4 tensor of face boxes per image
+        return x.to(torch.float32).contiguous(), list(y)
     return x.to(torch.float32).contiguous(), y.to(torch.long)

@@ -11,9 +11,12 @@ from .compression import JPEG, GaussianFilter, MedianFilter, differentiable_jpeg
 from .lgs import LGS, SLGS, WLGS
 from .oracle import GTMaskOracle
 from .patchcleanser import PatchCleanser
+from .pair import MAEDefense, PAIR
 from .patchzero import PatchZero
+from .sac import SAC
 
 __all__ = ["GRADIENTS", "Defense", "Defended", "binarize", "bpda", "get", "names", "register",
            "BuildContext", "build",
            "JPEG", "GaussianFilter", "MedianFilter", "differentiable_jpeg", "jpeg_roundtrip",
-           "LGS", "SLGS", "WLGS", "GTMaskOracle", "PatchCleanser", "PatchZero"]
+           "LGS", "SLGS", "WLGS", "GTMaskOracle", "PatchCleanser", "PatchZero", "SAC", "PAIR",
+           "MAEDefense"]

@@ -194,15 +194,20 @@ class Defense(nn.Module):
 
 
 class Defended(nn.Module):
-    """``model ∘ defense`` as a classifier: the target of an adaptive attack.
+    """``model ∘ defense`` as a classifier (or hasher): the target of an adaptive attack.
 
     Args:
         model: a classifier (``ImageClassifier`` protocol: ``num_classes``, ``class_names``,
-            ``input_size``, ``channels``; forward ``N×C×H×W`` in [0,1] → logits).
-        defense: a :class:`Defense`.
+            ``input_size``, ``channels``; forward ``N×C×H×W`` in [0,1] → logits) or a hasher (the
+            ``Hasher`` protocol of :mod:`patchbench.models.hashing`: ``bits``, ``channels``, optional
+            ``centres``; forward → ``N×bits`` real outputs whose signs are the code). A model with
+            ``bits`` is a hasher, any other a classifier.
+        defense: a :class:`Defense` (a purifier for a hasher: a prediction-level defense has
+            class scores and no image to hash).
         eot_samples (int or None, default None → ``defense.eot_samples``): for a randomised defense
-            in attack mode, forward returns the mean logits over this many independent draws
-            (Expectation over Transformation, Athalye et al. 2018, §4.3).
+            in attack mode, forward returns the mean logits (hasher: the mean pre-sign outputs,
+            PAIR eq. (4)) over this many independent draws (Expectation over Transformation,
+            Athalye et al. 2018, §4.3).
 
     Attack mode: ``attack_mode=None`` (default) means "while autograd is recording", i.e. inside an
     attack's gradient step; set ``attack_mode`` to True/False to force it. Outside attack mode one
@@ -213,7 +218,7 @@ class Defended(nn.Module):
     (BPDA with the identity on the input — the defense's masking/voting is treated as absent in the
     backward pass), since masking-and-voting has no useful gradient of its own.
 
-    Shapes: ``x`` ``N×C×H×W`` in [0, 1] → logits ``N×num_classes``.
+    Shapes: ``x`` ``N×C×H×W`` in [0, 1] → logits ``N×num_classes`` (hasher: ``N×bits``).
 
     Example::
 
@@ -229,20 +234,34 @@ class Defended(nn.Module):
         if not isinstance(model, nn.Module):
             raise TypeError(f"Defended: model must be an nn.Module classifier, got "
                             f"{type(model).__name__}")
-        for attr in ("num_classes", "channels"):
+        self.hashing = hasattr(model, "bits")
+        for attr in (("bits",) if self.hashing else ("num_classes",)) + ("channels",):
             if not hasattr(model, attr):
                 raise TypeError(f"Defended: model must be a classifier with .{attr} "
-                                f"(wrap raw networks in models.base.ImageClassifier)")
+                                f"(wrap raw networks in models.base.ImageClassifier)"
+                                if not self.hashing else
+                                f"Defended: model must be a hasher with .{attr}")
+        if self.hashing and defense.output != "image":
+            raise TypeError(f"Defended: {type(defense).__name__} is a prediction-level defense (it "
+                            f"returns class scores); a hasher can only sit behind a purifier")
         self.model = model
         self.defense = defense
         self.eot_samples = check_positive_int(
             defense.eot_samples if eot_samples is None else eot_samples, "eot_samples")
         self.attack_mode = None
-        self.num_classes = model.num_classes
-        self.class_names = list(getattr(model, "class_names", range(model.num_classes)))
+        if self.hashing:
+            self.bits = int(model.bits)
+        else:
+            self.num_classes = model.num_classes
+            self.class_names = list(getattr(model, "class_names", range(model.num_classes)))
         self.input_size = getattr(model, "input_size", None)
         self.channels = model.channels
         self.name = f"{getattr(model, 'name', 'model')}+{getattr(defense, 'name', 'defense')}"
+
+    @property
+    def centres(self) -> Optional[Tensor]:
+        """A hasher's class centres (``K×bits`` ±1, CSQ), read from the model; ``None`` if none."""
+        return getattr(self.model, "centres", None) if self.hashing else None
 
     @property
     def attack_mode(self) -> Optional[bool]:
@@ -281,8 +300,23 @@ class Defended(nn.Module):
 
     def predict(self, x: Tensor, batch_size: int = 64) -> tuple[Tensor, Tensor]:
         """Return ``(labels, confidences)`` of the defended model (one draw, eval mode)."""
+        if self.hashing:
+            raise TypeError("Defended.predict: the model is a hasher (no class labels); use "
+                            ".codes(x)")
         x = check_images(x, "x", channels=self.channels)
         return predict_in_batches(self, x, check_positive_int(batch_size, "batch_size"))
+
+    def codes(self, x: Tensor, batch_size: int = 64) -> Tensor:
+        """Hash codes of the defended hasher, ``N×bits`` ±1 floats (``sign``, 0 → +1), one draw of
+        a randomised defense per image (as deployed), eval mode, no gradients."""
+        if not self.hashing:
+            raise TypeError("Defended.codes: the model is a classifier (no hash codes); use "
+                            ".predict(x)")
+        from .._io import predict_batched
+        from ..models.hashing import sign_codes
+        x = check_images(x, "x", channels=self.channels)
+        return predict_batched(self, x, check_positive_int(batch_size, "batch_size"),
+                               reduce=sign_codes)
 
 
 _DEFENSES = Registry("defense")

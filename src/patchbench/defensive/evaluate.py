@@ -33,7 +33,6 @@ from tqdm.auto import tqdm
 from .._config import name_list
 from .._validation import (check_bool, check_images, check_int, check_labels, check_number,
                            check_positive_int, check_seed)
-from ..attacks.masked_pgd import MaskedPGD
 from ..corruptions import CORRUPTIONS, MAX_SEVERITY, corrupt, family
 from ..metrics.classification import Rate
 from .apply import DefensivePatch, apply_defensive_patch, blank_patch_like, random_patch_like
@@ -78,12 +77,14 @@ def _full_mask(x: Tensor) -> Tensor:
     return torch.ones(1, 1, *x.shape[-2:], device=x.device)
 
 
-def _noise_attack(attack: str, eps: float, steps: int) -> MaskedPGD:
-    """FGSM (one ε step from the image) or PGD-L∞ (``steps`` ε/4 steps from a random start)."""
+def _noise_attack(attack: str, eps: float, steps: int):
+    """FGSM (one ε step from the image) or PGD-L∞ (``steps`` ε/4 steps from a random start):
+    the registered whole-image attacks ``fgsm`` / ``pgd-linf`` (:mod:`patchbench.attacks.noise`)."""
+    from ..attacks.noise import FGSM, PGDLinf
     if attack == "fgsm":
-        return MaskedPGD(eps=eps, step=eps, steps=1, random_start=False)
+        return FGSM(eps=eps)
     if attack == "pgd":
-        return MaskedPGD(eps=eps, step=eps / 4, steps=steps, random_start=True)
+        return PGDLinf(eps=eps, steps=steps)
     raise LookupError(f"adversarial noise: expected 'fgsm' or 'pgd', got {attack!r}")
 
 

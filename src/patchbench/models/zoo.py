@@ -71,6 +71,10 @@ class ModelSpec:
     returns ``(mean, std, input_size, channels, class_names)``; ``adapter()`` (optional) returns an
     equivalent pretrained network from torchvision/timm, or raises. ``min_size``: the smallest
     input side the network takes when ``input_size`` is None.
+
+    ``kind``: ``"classifier"`` (default; :func:`load` returns an ImageClassifier) or another kind
+    of model (``"hasher"``), whose ``loader(weights=, device=, seed=, **options)`` builds the whole
+    model itself (weights included) and is what :func:`load` returns.
     """
 
     name: str
@@ -82,6 +86,8 @@ class ModelSpec:
     pretrained_required: bool = True
     defaults: Dict[str, object] = field(default_factory=dict)
     min_size: int = 1
+    kind: str = "classifier"
+    loader: Optional[Callable[..., nn.Module]] = None
 
 
 _REGISTRY: Dict[str, ModelSpec] = {}
@@ -105,9 +111,10 @@ def register(spec: ModelSpec) -> ModelSpec:
     return spec
 
 
-def names() -> list:
-    """Sorted names accepted by :func:`load`."""
-    return sorted(_REGISTRY)
+def names(kind: Optional[str] = None) -> list:
+    """Sorted names accepted by :func:`load`; ``kind`` (``"classifier"``, ``"hasher"``) keeps
+    the models of that kind only (default: all)."""
+    return sorted(n for n, s in _REGISTRY.items() if kind is None or s.kind == kind)
 
 
 def get_spec(name: str) -> ModelSpec:
@@ -290,7 +297,9 @@ def load(name: str, weights=None, device="cpu", seed: int = 0, **kwargs) -> Imag
         **kwargs: builder options (e.g. ``channels``, ``num_classes``, ``width`` for ``"tiny_cnn"``).
 
     Returns:
-        :class:`ImageClassifier` taking ``N×C×H×W`` in [0, 1] and returning logits.
+        :class:`ImageClassifier` taking ``N×C×H×W`` in [0, 1] and returning logits; for a model of
+        another kind, what its spec's ``loader`` builds (a
+        :class:`~patchbench.models.hashing.Hasher` for ``names(kind="hasher")``).
 
     Raises:
         LookupError: unknown name, or default weights that cannot be found (says what to install).
@@ -307,6 +316,8 @@ def load(name: str, weights=None, device="cpu", seed: int = 0, **kwargs) -> Imag
         raise TypeError(f"weights: expected None, False or a file path, got {weights!r}")
     opts = {**spec.defaults, **kwargs}
     _check_options(spec, opts)
+    if spec.loader is not None:          # not an ImageClassifier (e.g. a Hasher): built by its loader
+        return spec.loader(weights=weights, device=dev, seed=seed, **opts).to(dev).eval()
     mean, std, input_size, channels, class_names = spec.preprocess(**opts)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -421,6 +432,9 @@ def _register_builtins() -> None:
         size = None if input_size is None else check_size(input_size, "input_size", minimum=2)
         return ((0.5,) * channels, (0.5,) * channels, size, channels,
                 tuple(f"class_{i}" for i in range(num_classes)))
+
+    from .csq import register_csq_models
+    register_csq_models()
 
     register(ModelSpec("tiny_cnn", build=tiny_build, preprocess=tiny_pre, pretrained_required=False,
                        min_size=2,

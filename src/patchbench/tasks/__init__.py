@@ -6,10 +6,11 @@
 * ``face-detection`` — :class:`~patchbench.tasks.face.FaceDetection`: a face detector's scored
   windows; the adversarial sample sets and loss of Yang et al. (ECCV 2020); precision / recall at δ
   and AF_β.
-
-Image retrieval (AdvHash / TTH under PAIR) follows in the next issue.
+* ``retrieval`` — :class:`~patchbench.tasks.retrieval.Retrieval`: a hasher's ``N×bits`` outputs;
+  AdvHash's objective towards a target anchor code (Hu et al., ACM MM 2021); clean mAP@k and, for the
+  attacked queries, t-mAP@k ("irrelevant") and mAP@k ("relevant") (PAIR, ACM MM 2024, Table 2).
 """
-from . import classification, face  # noqa: F401  (registers the tasks)
+from . import classification, face, retrieval  # noqa: F401  (registers the tasks)
 from .base import Task, get, names, register
 
 __all__ = ["Task", "get", "names", "register"]

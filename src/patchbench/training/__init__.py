@@ -7,6 +7,8 @@ import importlib
 _EXPORTS = {
     "atomic_save": "checkpoint", "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
     "save_weights": "checkpoint", "main_train_classifier": "classifier", "train_classifier": "classifier",
+    "train_pair": "pair", "main_train_pair": "pair", "train_sac": "sac", "main_train_sac": "sac",
+    "train_hasher": "hasher", "main_train_hasher": "hasher", "HasherTrainConfig": "hasher",
 }
 __all__ = sorted(_EXPORTS)
 

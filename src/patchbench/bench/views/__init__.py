@@ -6,9 +6,12 @@ A task's view is one module here, named after the task (``"face-detection"`` →
 * ``TASK``: the task's name (``"classification"``);
 * ``MAIN_METRICS``: the metrics a comparison page puts side by side (``("clean_acc", ...)``);
 * ``METRIC_LABELS`` (optional): their column titles (``{"clean_acc": "benign acc"}``);
-* ``render(report, records, namer)``: append the task's tables and plots to a
+* ``render(report, records, namer, run_dir=None)``: append the task's tables and plots to a
   :class:`~patchbench.bench.report.Report`; ``records`` are the run's ``CellRecord`` of that task,
-  failed ones included, and ``namer`` a :class:`CellNamer` of the whole run.
+  failed ones included, ``namer`` a :class:`CellNamer` of the whole run and ``run_dir`` the run's
+  folder (its ``gallery/`` files and ``experiment.json``; ``None`` when there is none);
+* ``owns_galleries(records)`` (optional): the keys of the cells whose stored gallery the view
+  shows itself (the page's generic galleries skip them).
 
 A task without a module gets :mod:`.generic`: one flat table of its cells and numeric metrics.
 """
@@ -23,7 +26,8 @@ from ..._registry import normalize_name
 from . import generic
 from ._common import CellNamer
 
-__all__ = ["CellNamer", "view_for", "render", "main_metrics", "metric_labels", "task_of"]
+__all__ = ["CellNamer", "view_for", "render", "main_metrics", "metric_labels", "task_of",
+           "owned_galleries"]
 
 
 def task_of(record) -> str:
@@ -54,13 +58,24 @@ def by_task(records: Sequence) -> Dict[str, List]:
     return out
 
 
-def render(report, records: Sequence, namer: CellNamer) -> None:
-    """Each task's view on its cells, tasks in name order (a heading per task when several)."""
+def render(report, records: Sequence, namer: CellNamer, run_dir=None) -> None:
+    """Each task's view on its cells, tasks in name order (a heading per task when several);
+    ``run_dir``: the run's folder, for the views that read its gallery files or artifacts."""
     tasks = by_task(records)
     for task in sorted(tasks):
         if len(tasks) > 1:
             report.heading(f"Task: {task}")
-        view_for(task).render(report, tasks[task], namer)
+        view_for(task).render(report, tasks[task], namer, run_dir=run_dir)
+
+
+def owned_galleries(records: Sequence) -> set:
+    """Keys of the cells whose stored gallery their task's view shows itself."""
+    out = set()
+    for task, recs in by_task(records).items():
+        own = getattr(view_for(task), "owns_galleries", None)
+        if callable(own):
+            out |= set(own(recs))
+    return out
 
 
 def main_metrics(task: str, records: Sequence = ()) -> List[str]:

@@ -12,14 +12,14 @@ from ..._registry import normalize_name
 
 ATTACK_LABELS = {"none": "no attack", "masked-pgd": "MPGD", "masked-apgd": "MAPGD",
                  "masked-cw": "MCW", "lavan": "LaVAN", "universal-patch": "universal patch",
-                 "face-patch": "face patch"}
+                 "face-patch": "face patch", "advhash": "AdvHash", "fgsm": "FGSM", "pgd-linf": "PGD-L∞"}
 DEFENSE_LABELS = {"none": "Undefended", "jpeg": "JPEG", "median-filter": "Median filter",
                   "gaussian-filter": "Gaussian filter", "lgs": "LGS", "slgs": "SLGS", "wlgs": "WLGS",
-                  "patchcleanser": "PatchCleanser", "patchzero": "PatchZero",
-                  "gt-mask": "GT mask (oracle)"}
+                  "patchcleanser": "PatchCleanser", "patchzero": "PatchZero", "sac": "SAC",
+                  "mae-defense": "MAEDefense", "pair": "PAIR", "gt-mask": "GT mask (oracle)"}
 # PatchZero Table 1 order: the undefended model first, the oracle (an upper bound) last
 DEFENSE_ORDER = ("none", "jpeg", "median-filter", "gaussian-filter", "lgs", "slgs", "wlgs",
-                 "patchcleanser", "patchzero")
+                 "patchcleanser", "patchzero", "sac", "mae-defense", "pair")
 ATTACK_ORDER = ("none", "masked-pgd", "masked-apgd", "masked-cw", "lavan", "universal-patch")
 ORACLES = ("gt-mask",)
 

@@ -22,6 +22,7 @@ from ._common import (ATTACK_ORDER, DEFENSE_ORDER, CellNamer, area_text, attack_
                       canonical, ci_text, esc, is_number, name_of, options_text, order_key, pct,
                       user_label, varying)
 from ._plots import color_for, line_figure
+from . import defensive
 
 TASK = "classification"
 MAIN_METRICS = ("clean_acc", "robust_acc")
@@ -29,6 +30,9 @@ METRIC_LABELS = {"clean_acc": "benign acc", "robust_acc": "robust acc", "asr": "
 MAX_FIGURES = 12
 MIN_SWEEP_VALUES = 3        # fewer values: two variants side by side, not a sweep
 SWEEP_NAMES = {"smoothing_factor": "λ"}
+
+#: the defensive-patch view shows its cells' stored images itself
+owns_galleries = defensive.owns_galleries
 
 NOTE = ("Accuracy in %; small grey numbers: the 95% interval, and the number of images n where it "
         "is not the one in the table's caption. Each attack column reads “DO / adaptive”: DO = the "
@@ -38,9 +42,16 @@ NOTE = ("Accuracy in %; small grey numbers: the 95% interval, and the number of 
         "upper bound of any removal defense.")
 
 
-def render(report, records, namer: CellNamer) -> None:
+def render(report, records, namer: CellNamer, run_dir=None) -> None:
     """Append the tables and plots of the classification cells ``records`` (failed ones included:
-    their place in a table reads “failed”) to ``report``."""
+    their place in a table reads “failed”) to ``report``. Cells with a sticker, a corruption or
+    whole-image FGSM / PGD-L∞ noise (and their plain benign baselines) go to the defensive-patch
+    view (:mod:`.defensive`)."""
+    mine, records = defensive.split(records)
+    if mine:
+        defensive.render(report, mine, namer, run_dir)
+    if not records:
+        return
     main, sweeps = _split_sweeps(records, namer)
     if sweeps:                  # the swept option no longer varies in the main tables' labels
         namer = CellNamer(r.config for r in main)

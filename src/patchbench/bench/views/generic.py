@@ -20,7 +20,7 @@ def numeric_metrics(records: Sequence) -> List[str]:
     return keys
 
 
-def render(report, records, namer: CellNamer) -> None:
+def render(report, records, namer: CellNamer, run_dir=None) -> None:
     task = records[0].config.get("task", "?") if records else "?"
     metrics = numeric_metrics(records)
     rows, columns = [], []
