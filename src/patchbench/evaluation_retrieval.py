@@ -20,9 +20,7 @@ authors' code also passes the gallery through PAIR; ``purify_gallery=True`` is t
 from __future__ import annotations
 
 import math
-from typing import Optional
 
-import torch
 from torch import Tensor
 
 from ._validation import check_bool, check_images, check_positive_int, make_generator

@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 import copy
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 from .._validation import check_path
 

@@ -68,7 +68,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from .._config import read_toml
-from .._registry import check_keywords, normalize_name
+from .._registry import normalize_name
 from .._validation import (check_bool, check_device, check_int, check_number, check_positive_int,
                            check_seed)
 

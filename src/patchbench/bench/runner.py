@@ -473,7 +473,7 @@ def _dry_run(exp: Experiment, out: Path, only: Optional[str], log: Callable) -> 
     for name in names:
         spec = exp.artifacts[name]
         log(f"artifact {name}: {spec.kind} " + (f"from {spec.source}" if spec.source else
-                                                 f"trained from its config (cached by hash)"))
+                                                 "trained from its config (cached by hash)"))
     total = todo = 0.0
     attacks = set()                 # one shared DO attack per group, charged to its first cell
     for c in cells:

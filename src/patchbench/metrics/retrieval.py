@@ -195,7 +195,9 @@ def _topk_blocks(q: Tensor, d: Tensor, k: int, batch_size: int):
 # ----------------------------------------------------------------------------------------------------
 # labels and relevance
 
-def _check_label_tensor(y, name: str, n: int = None) -> Tensor:
+def check_labels(y, name: str = "labels", n: int = None) -> Tensor:
+    """Retrieval labels (for ``n`` items when given): ``N`` class indices (returned as long, >= 0)
+    or an ``N×C`` multi-hot tensor of 0/1 (returned as it is)."""
     if not isinstance(y, Tensor):
         raise TypeError(f"{name}: expected N class indices or an N×C multi-hot tensor, got "
                         f"{type(y).__name__}")
@@ -217,8 +219,8 @@ def _check_label_tensor(y, name: str, n: int = None) -> Tensor:
 
 
 def _check_labels_pair(query_labels, db_labels, n_q: int = None, n_db: int = None):
-    ql = _check_label_tensor(query_labels, "query_labels", n_q)
-    dl = _check_label_tensor(db_labels, "db_labels", n_db)
+    ql = check_labels(query_labels, "query_labels", n_q)
+    dl = check_labels(db_labels, "db_labels", n_db)
     if ql.dim() != dl.dim():
         raise ValueError(f"query_labels and db_labels: one is class indices, the other multi-hot "
                          f"(shapes {tuple(ql.shape)} and {tuple(dl.shape)})")
@@ -290,7 +292,7 @@ def target_query_labels(target_labels, n_queries: int, db_labels: Tensor) -> Ten
     indices, or — with multi-hot ``db_labels`` — an ``n_queries×C`` (or ``1×C``) multi-hot tensor.
     Class indices become one-hot rows when ``db_labels`` is multi-hot.
     """
-    dl = _check_label_tensor(db_labels, "db_labels")
+    dl = check_labels(db_labels, "db_labels")
     n = check_positive_int(n_queries, "n_queries")
     if not isinstance(target_labels, Tensor) or target_labels.dim() == 0:
         t = check_int(target_labels, "target_labels", minimum=0)
@@ -299,7 +301,7 @@ def target_query_labels(target_labels, n_queries: int, db_labels: Tensor) -> Ten
         t = target_labels.to(dl.device)
         if dl.dim() == 2 and t.dim() == 2 and t.shape[0] == 1:
             t = t.expand(n, -1)
-        t = _check_label_tensor(t, "target_labels", n)
+        t = check_labels(t, "target_labels", n)
     if dl.dim() == 1 and t.dim() == 2:
         raise ValueError("target_labels: multi-hot targets need multi-hot db_labels")
     if dl.dim() == 2 and t.dim() == 1:

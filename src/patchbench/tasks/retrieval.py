@@ -40,7 +40,7 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .._validation import check_int, check_tensor_device
+from .._validation import check_int
 # ``binarize``: sign(h) as ±1 floats with 0 → +1 (one home: the Hasher protocol's binarisation)
 from ..models.hashing import sign_codes as binarize
 from .base import Task, register
@@ -61,25 +61,11 @@ def check_codes(codes, name: str = "codes") -> Tensor:
 
 def check_labels(y, n: int, name: str = "labels") -> Tensor:
     """Retrieval labels for ``n`` items: ``N`` class indices (long, >= 0) or an ``N×K`` multi-hot
-    tensor of 0/1 (any dtype). Returned as long class indices or as a float multi-hot tensor."""
-    if not isinstance(y, Tensor):
-        raise TypeError(f"{name}: expected N class indices or an N×K multi-hot tensor, got "
-                        f"{type(y).__name__}")
-    check_tensor_device(y, name)
-    if y.dim() not in (1, 2):
-        raise ValueError(f"{name}: expected N class indices or an N×K multi-hot tensor, got shape "
-                         f"{tuple(y.shape)}")
-    if y.shape[0] != n:
-        raise ValueError(f"{name}: expected labels for {n} items, got {y.shape[0]}")
-    if y.dim() == 1:
-        if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-            raise TypeError(f"{name}: class indices must be integers, got dtype {y.dtype}")
-        if y.numel() and int(y.min()) < 0:
-            raise ValueError(f"{name}: class indices must be >= 0, got {int(y.min())}")
-        return y.long()
-    if y.numel() and not bool(((y == 0) | (y == 1)).all()):
-        raise ValueError(f"{name}: a multi-hot label tensor must hold only 0 and 1")
-    return y.float()
+    tensor of 0/1 (any dtype). Returned as long class indices or as a float multi-hot tensor
+    (:func:`patchbench.metrics.retrieval.check_labels`)."""
+    from ..metrics.retrieval import check_labels as _check
+    y = _check(y, name, n)
+    return y if y.dim() == 1 else y.float()
 
 
 def has_label(y: Tensor, label: int) -> Tensor:

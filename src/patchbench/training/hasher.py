@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from .._config import config_from_mapping, read_toml
 from .._validation import (check_bool, check_choice, check_device, check_int, check_nonnegative,
                            check_number, check_path, check_positive, check_positive_int, check_seed)
-from ..models.hashing import QUANTIZATIONS, TIES, csq_loss, multilabel_centres, sign_codes
+from ..models.hashing import QUANTIZATIONS, TIES, csq_loss, multilabel_centres
 
 DATASETS = ("fmnist-objects", "fmnist-scenes")
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 from typing import Dict, List, Optional, Tuple
 
-import torch
 
 from ._artifacts import artifact_file, artifact_specs, experiment_order
 from ._common import CellNamer, esc, name_of, pct
