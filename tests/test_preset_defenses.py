@@ -95,7 +95,7 @@ def test_full_experiment_has_the_table_1_layout_with_smaller_n_only_on_expensive
     cells = [c.config for c in expand(exp) if c.config["dataset"] == "fashion-mnist"]
     rows = {c["labels"]["defense"] for c in cells}
     assert rows == {"none", "gt-mask", "jpeg", "median-filter", "lgs", "slgs", "wlgs",
-                    "patchcleanser", "patchzero-do", "patchzero-two-stage"}
+                    "patchcleanser", "patchzero-do", "patchzero-two-stage", "sac"}
     assert {c["patch_area"] for c in cells} == {0.05, 0.10}
     benign_do = [c for c in cells if not c["adaptive"]]
     assert all(c["n"] == 1000 for c in benign_do if c["defense"] != "patchcleanser")

@@ -35,7 +35,7 @@ PRESETS = ("defenses", "defensive-patch", "face-patch")
 # ---- defenses ------------------------------------------------------------------------------------
 #: the defenses experiment's rows (the old preset's names: "undefended" is the none defense)
 DEFENSES = ("undefended", "gt-mask", "jpeg", "median-filter", "lgs", "slgs", "wlgs", "patchcleanser",
-            "patchzero-do", "patchzero-two-stage")
+            "patchzero-do", "patchzero-two-stage", "sac")
 TRAINING_FREE = DEFENSES[:8]
 LAMBDAS = (1.5, 1.9, 2.3, 2.7, 3.5)
 QUICK = {"n": 16, "steps": 2, "areas": (0.10,), "lambdas": (1.5, 3.5),
