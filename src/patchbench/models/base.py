@@ -129,6 +129,13 @@ def predict_in_batches(module: nn.Module, x: Tensor, batch_size: int = 64) -> tu
     at a time, without gradients (:func:`patchbench._io.predict_batched`); the module's train/eval
     mode is restored afterwards. ``module`` validates the images; an empty batch runs it once (so bad
     shapes are still refused) and gives empty tensors."""
+    batch_size = check_batch_call(x, batch_size)
+    return predict_batched(module, x, batch_size, reduce=_labels_and_confidences)
+
+
+def check_batch_call(x, batch_size) -> int:
+    """The checks of a batched prediction call (``x`` a 4-D tensor on a usable device, ``batch_size``
+    an int >= 1; the module itself validates the values); returns ``batch_size``."""
     if not isinstance(x, Tensor):
         hint = (" (convert with torch.from_numpy(a).permute(0, 3, 1, 2).float() / 255)"
                 if type(x).__name__ == "ndarray" else "")
@@ -138,7 +145,7 @@ def predict_in_batches(module: nn.Module, x: Tensor, batch_size: int = 64) -> tu
     if x.dim() != 4:
         raise ValueError(f"x: expected a 4-D tensor N×C×H×W, got shape {tuple(x.shape)}")
     check_tensor_device(x, "x")
-    return predict_batched(module, x, batch_size, reduce=_labels_and_confidences)
+    return batch_size
 
 
 def _labels_and_confidences(logits: Tensor) -> tuple[Tensor, Tensor]:

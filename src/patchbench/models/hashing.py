@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from .._io import predict_batched
 from .._validation import (check_choice, check_int, check_nonnegative, check_positive_int,
                            check_seed, check_tensor_device)
-from .base import Normalize, check_input_for
+from .base import Normalize, check_batch_call, check_input_for
 
 QUANTIZATIONS = ("squared", "logcosh")
 TIES = ("random", "positive")
@@ -96,14 +96,7 @@ class Hasher(nn.Module):
     def codes(self, x: Tensor, batch_size: int = 64) -> Tensor:
         """``N×bits`` float ±1 codes ``sign(H(x))`` (0 → +1), without gradients, ``batch_size``
         images per forward, in eval mode (the mode is restored after); on ``x``'s device."""
-        if not isinstance(x, Tensor):
-            raise TypeError(f"x: expected a torch.Tensor N×C×H×W with values in [0, 1], got "
-                            f"{type(x).__name__}")
-        batch_size = check_positive_int(batch_size, "batch_size")
-        if x.dim() != 4:
-            raise ValueError(f"x: expected a 4-D tensor N×C×H×W, got shape {tuple(x.shape)}")
-        check_tensor_device(x, "x")
-        return predict_batched(self, x, batch_size, reduce=sign_codes)
+        return predict_batched(self, x, check_batch_call(x, batch_size), reduce=sign_codes)
 
 
 def check_codes(codes, name: str = "codes", bits: Optional[int] = None) -> Tensor:

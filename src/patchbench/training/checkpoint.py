@@ -172,3 +172,14 @@ def load_checkpoint(path, *, model: Optional[nn.Module] = None,
             raise ValueError(f"{path}: its random-number-generator state is damaged "
                              f"({type(e).__name__}: {_first_line(e)})") from e
     return obj
+
+
+def check_run_settings(config, prefix: str) -> None:
+    """Check (and normalise in place) the fields every trainer config shares: ``seed``, ``device``,
+    ``num_threads`` (None or an int >= 1) and ``progress``; errors name ``prefix + field``."""
+    from .._validation import check_bool, check_device, check_positive_int, check_seed
+    config.seed = check_seed(config.seed, prefix + "seed")
+    check_device(config.device, prefix + "device")
+    if config.num_threads is not None:
+        config.num_threads = check_positive_int(config.num_threads, prefix + "num_threads")
+    config.progress = check_bool(config.progress, prefix + "progress")

@@ -44,6 +44,7 @@ from .._config import config_from_mapping, read_toml
 from .._validation import (check_bool, check_choice, check_device, check_int, check_nonnegative,
                            check_number, check_path, check_positive, check_positive_int, check_seed)
 from ..models.hashing import QUANTIZATIONS, TIES, csq_loss, multilabel_centres
+from .checkpoint import check_run_settings
 
 DATASETS = ("fmnist-objects", "fmnist-scenes")
 
@@ -129,11 +130,7 @@ class HasherTrainConfig:
         self.store_dtype = check_choice(self.store_dtype, c + "store_dtype", ("float32", "float16"))
         if self.name is not None and (not isinstance(self.name, str) or not self.name):
             raise TypeError(f"{c}name: expected a non-empty string or None, got {self.name!r}")
-        self.seed = check_seed(self.seed, c + "seed")
-        check_device(self.device, c + "device")
-        if self.num_threads is not None:
-            self.num_threads = check_positive_int(self.num_threads, c + "num_threads")
-        self.progress = check_bool(self.progress, c + "progress")
+        check_run_settings(self, c)
         self.flip = check_bool(self.flip, c + "flip")
 
     @property

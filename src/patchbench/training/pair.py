@@ -51,9 +51,9 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .._config import config_from_mapping, read_toml
-from .._validation import (check_bool, check_choice, check_device, check_fraction, check_int,
-                           check_nonnegative, check_path, check_positive, check_positive_int,
-                           check_seed)
+from .._validation import (check_bool, check_choice, check_fraction, check_int, check_nonnegative,
+                           check_path, check_positive, check_positive_int, check_seed)
+from .checkpoint import check_run_settings
 from ..models.mae import (MaskedAutoencoder, _random_token_mask, fixed_token_mask, load_mae,
                           save_mae)
 
@@ -154,11 +154,7 @@ class PairTrainConfig:
         if self.init_checkpoint is not None:
             check_path(self.init_checkpoint, c + "init_checkpoint", kind="file")
             self.init_checkpoint = str(self.init_checkpoint)
-        self.seed = check_seed(self.seed, c + "seed")
-        check_device(self.device, c + "device")
-        if self.num_threads is not None:
-            self.num_threads = check_positive_int(self.num_threads, c + "num_threads")
-        self.progress = check_bool(self.progress, c + "progress")
+        check_run_settings(self, c)
 
     def identity(self) -> dict:
         """The fields a resumed run must share (not where it runs, nor the epoch counts, which a

@@ -38,9 +38,9 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .._config import config_from_mapping, name_list, read_toml
-from .._validation import (check_bool, check_choice, check_device, check_fraction, check_int,
-                           check_nonnegative, check_path, check_positive, check_positive_int,
-                           check_seed)
+from .._validation import (check_bool, check_choice, check_fraction, check_int, check_nonnegative,
+                           check_path, check_positive, check_positive_int)
+from .checkpoint import check_run_settings
 from ..defenses.base import Defended
 from ..defenses.patchzero import PatchZero
 from ..metrics.segmentation import PixelConfusion
@@ -165,11 +165,7 @@ class PatchZeroTrainConfig:
         self.aux_weight = check_nonnegative(self.aux_weight, c + "aux_weight")
         self.pos_weight = check_positive(self.pos_weight, c + "pos_weight")
         self.dilation = check_int(self.dilation, c + "dilation", minimum=0)
-        self.seed = check_seed(self.seed, c + "seed")
-        check_device(self.device, c + "device")
-        if self.num_threads is not None:
-            self.num_threads = check_positive_int(self.num_threads, c + "num_threads")
-        self.progress = check_bool(self.progress, c + "progress")
+        check_run_settings(self, c)
 
     def identity(self) -> dict:
         """The fields a resumed run must share (not where it runs, nor the epoch counts, which a
