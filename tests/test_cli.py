@@ -51,8 +51,9 @@ def test_attack_command_writes_report_and_adversarial_images(tmp_path):
     code = main(["attack", "--model", "fmnist_cnn_small", "--attack", "masked-pgd", "--area", "0.1",
                  "--steps", "5", "--images", str(src), "--out", str(out)])
     assert code == 0
-    rows = json.loads((out / "results.json").read_text())
-    assert rows[0]["n"] == 4 and 0.0 <= rows[0]["success_rate"] <= 1.0
+    res = json.loads((out / "results.json").read_text())
+    assert res["summary"]["n_images"] == 4 and 0.0 <= res["summary"]["success"]["value"] <= 1.0
+    assert all(r["reference"]["source"] == "prediction" for r in res["images"])   # no class folders
     assert (out / "index.html").read_text().startswith("<!doctype html>")
     assert len(list((out / "adversarial").glob("*.png"))) == 4
 

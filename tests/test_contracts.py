@@ -115,7 +115,24 @@ def _common_attack_checks(res, again, x, device):
 
 def test_every_attack_runs_on_a_known_task():
     assert {_task(name) for name in attacks.names()} <= {"classification", "face-detection",
-                                                          "retrieval"}
+                                                          "retrieval", "text-image"}
+
+
+def _text_image_attack_contract(name, device):
+    """A universal poisoning patch on a toy text-image model: the common checks, and success is
+    the ad's cosine to the target embedding reaching the threshold."""
+    from text_image_helpers import text_image_contract_setup
+    from patchbench.tasks.text_image import cosine_to
+    m, x, threat, e_t, thr = text_image_contract_setup(device)
+
+    def run():
+        return _fast_attack(name).run(m, x, None, threat, target=e_t, threshold=thr,
+                                      generator=torch.Generator().manual_seed(3))
+
+    res, again = run(), run()
+    _common_attack_checks(res, again, x, device)
+    with torch.no_grad():
+        assert torch.equal(res.success, cosine_to(m.encode_image(res.x_adv), e_t) >= thr)
 
 
 def _retrieval_setup(device: str = "cpu"):
@@ -149,6 +166,8 @@ def test_attack_contract(name, device):
         return _face_attack_contract(name, device)
     if _task(name) == "retrieval":
         return _retrieval_attack_contract(name, device)
+    if _task(name) == "text-image":
+        return _text_image_attack_contract(name, device)
     model = _model(device)
     x = _images(device=device)
     y = _labels(model, x)
@@ -174,6 +193,8 @@ def test_targeted_attack_success_is_reaching_the_target(name):
         return
     if _task(name) == "retrieval":        # always targeted: success is reaching the target's code
         return _retrieval_attack_contract(name, "cpu")
+    if _task(name) == "text-image":       # always targeted: success is nearing the target embedding
+        return _text_image_attack_contract(name, "cpu")
     model = _model()
     x = _images()
     y = _labels(model, x)

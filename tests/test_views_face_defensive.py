@@ -336,10 +336,12 @@ def test_summary_numbers(tmp_path):
     defensive.render(rep, recs, CellNamer(r.config for r in recs), run)
     html = rep.render()
     summary = re.search(r"<caption>Summary.*?</table>", html, re.S).group(0)
-    cells = [re.sub(r"<[^>]+>", "", c) for c in re.findall(r"<td[^>]*>(.*?)</td>", summary)]
-    # small: clean none/def/rand/blank, corr ×4, pgd ×4, corr gains ×3, pgd gains ×3
-    assert cells[:16] == ["small", "no", "70.0", "90.0", "65.0", "60.0", "35.0", "55.0", "30.0",
-                          "25.0", "20.0", "40.0", "15.0", "10.0", "+20.0", "-5.0"]
+    rows = [[re.sub(r"<[^>]+>", "", c) for c in re.findall(r"<td[^>]*>(.*?)</td>", tr)]
+            for tr in re.findall(r"<tr>(.*?)</tr>", summary, re.S)[1:]]
+    # transposed: a row per measure × patch, a column per model (small, resnet)
+    assert rows[0] == ["clean", "none", "70.0", "60.0"] and rows[1] == ["defensive†", "90.0", "80.0"]
+    assert rows[4] == ["corruptions, sev 3–5", "none", "35.0", "25.0"] and rows[5][1:] == ["55.0", "45.0"]
+    assert rows[12] == ["corruption gain (points)", "defensive†", "+20.0", "+20.0"] and rows[13][1] == "-5.0"
     assert "weather corruptions: mean accuracy (%) per severity" in html
     assert "Adversarial noise" in html and "4/255" in html
     assert "Per-class patch sheet not shown" in html                   # no file for this spec

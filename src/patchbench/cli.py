@@ -106,12 +106,72 @@ def _cmd_demo(args) -> int:
     return 0
 
 
-def _cmd_attack(args) -> int:
-    from .attack_cli import run_attack_command
+def _area(text: str) -> float:
+    from .attack_cli import check_area
+    return check_area(text, "value")
 
-    run_attack_command(model=args.model, attack=args.attack, area=args.area, shape=args.shape,
-                       images=args.images, out=args.out, steps=args.steps, target=args.target,
-                       seed=args.seed, device=args.device)
+
+def _target(text: str):
+    from .attack_cli import check_target_text
+    try:
+        return check_target_text(text)
+    except (TypeError, ValueError) as e:
+        raise ValueError("value: " + str(e).partition(": ")[2]) from None
+
+
+area_arg = _arg(_area)          # (0, 0.5], with "did you mean 0.05?" for a percentage
+target_arg = _arg(_target)      # a class index >= 0 or a class name
+
+
+class _LazyHelp(str):
+    """A help string computed only when ``--help`` is printed (so the parser never imports torch)."""
+
+    def __new__(cls, make: Callable[[], str]):
+        obj = super().__new__(cls, "...")
+        obj._make = make
+        return obj
+
+    def __mod__(self, params):
+        return self._make() % params
+
+
+def _model_help() -> str:
+    from .models import names, spec_forms
+    forms = "; ".join(f"{form}: {what}" for form, what in spec_forms())
+    return (f"the model: a zoo name ({', '.join(names(kind='classifier'))}); or {forms} "
+            f"(default: %(default)s)")
+
+
+def _attack_help() -> str:
+    from . import attacks
+    ok = [n for n in attacks.names() if getattr(attacks.get(n), "task", "") == "classification"]
+    return f"a classification attack: one of {', '.join(ok)} (default: %(default)s)"
+
+
+def _shape_help() -> str:
+    from .patches.shapes import SHAPES
+    return f"patch shape: one of {', '.join(SHAPES)} (default: %(default)s)"
+
+
+def _cmd_attack(args) -> int:
+    import warnings
+
+    from .attack_cli import SkippedFilesWarning, run_attack_command
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SkippedFilesWarning)
+        try:
+            run_attack_command(model=args.model, attack=args.attack, area=args.area,
+                               shape=args.shape, images=args.images, out=args.out,
+                               steps=args.steps, target=args.target, seed=args.seed,
+                               device=args.device, overwrite=args.overwrite,
+                               print_size_cm=args.print_size_cm, argv=args.argv)
+        finally:
+            for w in caught:
+                if issubclass(w.category, SkippedFilesWarning):
+                    print(f"patchbench: warning: {w.message}", file=sys.stderr, flush=True)
+                else:
+                    warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     return 0
 
 
@@ -124,6 +184,7 @@ TRAIN_TARGETS = {
     "hasher": ("patchbench.training.hasher", "main_train_hasher"),
     "sac": ("patchbench.training.sac", "main_train_sac"),
     "pair": ("patchbench.training.pair", "main_train_pair"),
+    "dual-encoder": ("patchbench.training.dual_encoder", "main_train_dual_encoder"),
 }
 
 
@@ -186,12 +247,21 @@ def _cmd_list(args) -> int:
 
     for name in pb.list(args.kind):
         print(name)
+    if args.kind == "models":
+        from .models import spec_forms
+        print("\nand any of these forms (patchbench attack --model, experiment files, "
+              "pb.models.load):")
+        for form, what in spec_forms():
+            print(f"  {form:26s} {what}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     p = ArgumentParser(prog="patchbench",
                        description="Attack, defend and benchmark vision models against physical patches.")
+    p.add_argument("--version", action="version", version=f"patchbench {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="real model, real photos, patch attacks → HTML report (offline)")
@@ -202,20 +272,38 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--device", default="cpu", type=device_arg, help="cpu or cuda")
     d.set_defaults(func=_cmd_demo)
 
-    a = sub.add_parser("attack", help="attack a model on a folder of images")
-    a.add_argument("--model", default="mobilenet_v2")
-    a.add_argument("--attack", default="masked-pgd")
-    a.add_argument("--area", type=fraction_arg, default=0.05,
-                   help="patch area as a fraction of the image, in (0, 1)")
-    a.add_argument("--shape", default="square")
-    a.add_argument("--images", required=True, help="a folder of images (or class sub-folders)")
-    a.add_argument("--out", default="runs/attack", type=out_dir_arg, help="output folder")
+    a = sub.add_parser(
+        "attack", help="attack any model on a folder of photos (class sub-folders = labels)",
+        description="Attack a model on the photos of --images (its files and class sub-folders, "
+                    "whose names are matched to the model's classes; other images use the clean "
+                    "prediction as reference) and write --out: adversarial/ and masks/ at the "
+                    "photos' original size, the printable patch PNG(s) with their NPS, results.json "
+                    "and index.html.")
+    a.add_argument("--model", default="mobilenet_v2", help=_LazyHelp(_model_help))
+    a.add_argument("--attack", default="masked-pgd", help=_LazyHelp(_attack_help))
+    a.add_argument("--area", type=area_arg, default=0.05,
+                   help="patch area as a fraction of the image, in (0, 0.5] (default: %(default)s)")
+    a.add_argument("--shape", default="square", help=_LazyHelp(_shape_help))
+    a.add_argument("--images", required=True,
+                   help="a folder of photos and/or class sub-folders, or one photo")
+    a.add_argument("--out", default="runs/attack", type=out_dir_arg,
+                   help="run folder: new or empty, or a previous patchbench attack run to replace "
+                        "with --overwrite (default: %(default)s)")
+    a.add_argument("--overwrite", action="store_true",
+                   help="replace the previous patchbench attack run in --out (only its own files "
+                        "are deleted; a folder holding other files is always refused)")
     a.add_argument("--steps", type=positive_int_arg, default=None,
-                   help="iterations (the attack's steps, or epochs for a universal patch)")
-    a.add_argument("--target", type=nonnegative_int_arg, default=None,
-                   help="target class for a targeted attack")
-    a.add_argument("--seed", type=seed_arg, default=0)
-    a.add_argument("--device", default="cpu", type=device_arg)
+                   help="iterations (the attack's steps, or epochs for a universal patch; default: "
+                        "the attack's own)")
+    a.add_argument("--target", type=target_arg, default=None,
+                   help="targeted attack: a class name (e.g. 'Egyptian Mau') or index (default: "
+                        "untargeted)")
+    a.add_argument("--print-size-cm", type=positive_float_arg, default=5.0,
+                   help="printed size of the patch's longer side, in cm (sets the PNG's DPI; "
+                        "default: %(default)s)")
+    a.add_argument("--seed", type=seed_arg, default=0, help="default: %(default)s")
+    a.add_argument("--device", default="cpu", type=device_arg,
+                   help="cpu or cuda (default: %(default)s)")
     a.set_defaults(func=_cmd_attack)
 
     # add_help=False: `patchbench train classifier --help` reaches the target's own parser.
@@ -274,6 +362,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             return args.func(args, rest)
         if rest:
             parser.error(f"unrecognised arguments: {' '.join(rest)}")
+        args.argv = list(sys.argv[1:] if argv is None else argv)
         return args.func(args)
     except USER_ERRORS as e:
         print(f"patchbench: error: {_one_line(e)}", file=sys.stderr)

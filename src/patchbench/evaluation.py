@@ -1,4 +1,4 @@
-"""One evaluation cell (ARCHITECTURE.md, "The data path"), for any task: the clean metrics, then an
+"""One evaluation cell (docs/architecture.md, "The data path"), for any task: the clean metrics, then an
 attack on its *target* — the bare model for a non-adaptive (downstream-only, DO) attacker,
 ``Defended(model, defense)`` for an adaptive one (PatchZero, Xu et al. WACV 2023, §3.3) — then the
 defended model's metrics on the adversarial images.
@@ -126,7 +126,8 @@ def evaluate(model, x: Tensor, y, attack=None, defense=None, threat=None,
              adaptive: bool = False, generator=None, batch_size: int = 64,
              task: str = "classification", attack_result=None, target=None, *, gallery=None,
              k: Optional[int] = None, purify_gallery: bool = False,
-             attack_train=None) -> Evaluation:
+             attack_train=None, keyword: Optional[str] = None,
+             train_captions=None) -> Evaluation:
     """The metrics of ``model`` (behind ``defense`` if given) before and under ``attack``.
 
     Args:
@@ -158,6 +159,12 @@ def evaluate(model, x: Tensor, y, attack=None, defense=None, threat=None,
             trains a universal patch there and applies it to the queries (AdvHash: 50 training
             images, tested on 100 others). Queries of the target class are not attacked;
             ``attack_result`` must then be the result on ``x[~has target]`` (in order).
+        keyword, train_captions: text-image only (``task="text-image"``, the model a
+            ``TextImageModel``; :mod:`patchbench.evaluation_text_image`): ``x`` are the ad images,
+            ``y`` is ``None``, ``gallery = (images M×C×H×W, captions per image)``, the queries are
+            the gallery captions containing ``keyword``, ``k`` of R@k (default 10), the target
+            embedding e_t comes from the ``train_captions`` with the keyword (or ``target=e_t``),
+            and ``attack_train`` are other ad images to train the patch on.
 
     Returns:
         an :class:`Evaluation`; ``.metrics()`` is its flat dict, ``.result`` the AttackResult.
@@ -173,6 +180,14 @@ def evaluate(model, x: Tensor, y, attack=None, defense=None, threat=None,
         raise ValueError(f"attack: {_name(attack, 'attack')!r} is an attack on the "
                          f"{getattr(attack, 'task')!r} task, not on {t.name!r}; pass "
                          f"task={getattr(attack, 'task')!r}")
+    if t.name == "text-image":
+        from .evaluation_text_image import evaluate_text_image
+        return evaluate_text_image(t, model, x, y, attack, defense, threat, adaptive, generator,
+                                   batch_size, attack_result, target, gallery, k, purify_gallery,
+                                   attack_train, keyword, train_captions)
+    for key, value in {"keyword": keyword, "train_captions": train_captions}.items():
+        if value is not None:
+            raise ValueError(f"{key}: only for task='text-image', not {t.name!r}")
     if t.name == "retrieval":
         from .evaluation_retrieval import evaluate_retrieval
         return evaluate_retrieval(t, model, x, y, attack, defense, threat, adaptive, generator,
@@ -181,7 +196,7 @@ def evaluate(model, x: Tensor, y, attack=None, defense=None, threat=None,
     extra = {"gallery": gallery, "k": k, "attack_train": attack_train}
     for key, value in extra.items():
         if value is not None:
-            raise ValueError(f"{key}: only for task='retrieval', not {t.name!r}")
+            raise ValueError(f"{key}: only for task='retrieval' or 'text-image', not {t.name!r}")
     if purify_gallery is not False:
         raise ValueError(f"purify_gallery: only for task='retrieval', not {t.name!r}")
     if t.name == "face-detection":

@@ -9,6 +9,8 @@
   ``face-detection``)
 * ``advhash``         — :class:`AdvHash` (Hu et al., ACM MM 2021, universal targeted patch on a deep
   hashing model; task ``retrieval``)
+* ``tth``             — :class:`TTH` (Hu, Chen & Li, ICASSP 2023, universal poisoning patch on the
+  gallery images of a text-to-image search; task ``text-image``)
 * ``fgsm`` / ``pgd-linf`` — :class:`FGSM`, :class:`PGDLinf` (whole-image L∞ noise, the adversarial
   half of the defensive-patch evaluation; not patch attacks)
 
@@ -22,7 +24,8 @@ from .masked_apgd import MaskedAPGD
 from .masked_cw import MaskedCW
 from .masked_pgd import MaskedPGD
 from .noise import FGSM, PGDLinf
+from .tth import TTH
 from .universal import UniversalPatch
 
 __all__ = ["AttackResult", "PatchAttack", "get", "names", "register", "MaskedPGD", "MaskedAPGD",
-           "MaskedCW", "UniversalPatch", "LaVAN", "FacePatch", "FGSM", "PGDLinf", "AdvHash"]
+           "MaskedCW", "UniversalPatch", "LaVAN", "FacePatch", "FGSM", "PGDLinf", "AdvHash", "TTH"]

@@ -49,7 +49,15 @@ Tasks: ``[experiment] task`` is every grid's task unless a ``[[grid]]`` names it
 (``task = "retrieval"``), so one file may hold grids of several tasks (the bundled ``quick`` holds a
 retrieval cell). Retrieval grids (hashers, AdvHash, purifiers) add a dataset entry's ``gallery``
 and ``train`` tables and the grid keys ``targets``, ``k`` and ``purify_gallery``: see
-:mod:`patchbench.bench.retrieval_config`.
+:mod:`patchbench.bench.retrieval_config`. Text-image grids (``task = "text-image"``: dual encoders,
+TTH, purifiers) take a captioned gallery entry with ``ads`` and ``train`` tables and the grid keys
+``keywords`` (an axis) and ``k``: see :mod:`patchbench.bench.text_image_config`.
+
+Classification dataset entries may add ``train = {split, offset, n}`` (a universal patch's training
+images, disjoint from the scored ones: :mod:`patchbench.bench.heldout`) and ``placements`` (each
+scored image pasted on at that many placements); ``[experiment] attack_batch`` attacks a per-image
+DO attack's pool that many images at a time (each chunk early-stops on its own). An attack's
+``eot`` option is a table of :class:`patchbench.patches.EOT` arguments.
 
 Attack options not given come from the registered classes' defaults (so ``masked-pgd`` gets PatchZero
 §4.1's settings); defense options not given are left to the defense, which builds from the cell's
@@ -72,18 +80,18 @@ from .._registry import normalize_name
 from .._validation import (check_bool, check_device, check_int, check_number, check_positive_int,
                            check_seed)
 
-TASKS = ("classification", "face-detection", "retrieval")
+TASKS = ("classification", "face-detection", "retrieval", "text-image")
 ARTIFACT_KINDS = ("patchzero", "classifier", "face-patch", "defensive-patch", "sac",
                   # the retrieval experiments' (bench/artifacts_retrieval.py)
                   "hasher", "pair", "patchzero-images", "sac-images")
 _EXPERIMENT_KEYS = {"name", "task", "description", "device", "threads", "num_cpus", "num_gpus",
-                    "gallery", "batch_size"}
+                    "gallery", "batch_size", "attack_batch"}
 _GRID_KEYS = ("models", "datasets", "stickers", "corruptions", "attacks", "defenses", "threats",
               "adaptive", "seeds")
 _GRID_TABLE_KEYS = set(_GRID_KEYS) | {"name", "override", "task", "targets", "k",
-                                       "purify_gallery"}
+                                       "purify_gallery", "keywords"}
 _WHERE_KEYS = {"model", "dataset", "attack", "defense", "adaptive", "patch_area", "shape",
-               "placement", "seed", "sticker", "corruption", "severity", "target"}
+               "placement", "seed", "sticker", "corruption", "severity", "target", "keyword"}
 #: the ``stickers`` axis: a defensive patch of the true class stuck on each image before anything
 #: else happens to it, or one of its controls (Wang et al. CVPR 2022; patchbench.defensive)
 STICKERS = ("none", "defensive", "random", "blank")
@@ -94,7 +102,10 @@ HARNESS_DEFENSE_KEYS = ("certify",)
 #: (``photos = true``: a face set also evaluates the real photos of data.faces.real_faces())
 #: (``gallery`` / ``train``: a retrieval entry's database and attack-training images, see
 #: :mod:`.retrieval_config`)
-_HARNESS_DATASET_KEYS = ("split", "n", "offset", "photos", "gallery", "train")
+#: (``placements``: a classification entry's images are each scored at that many placements; its
+#: ``train``: the training images of a universal patch, see :mod:`.heldout`)
+#: (``ads``: a text-image entry's ad images, see :mod:`.text_image_config`)
+_HARNESS_DATASET_KEYS = ("split", "n", "offset", "photos", "gallery", "train", "placements", "ads")
 
 
 class ExperimentError(ValueError):
@@ -146,6 +157,8 @@ class Grid:
     targets: List[Optional[int]] = field(default_factory=lambda: [None])
     k: Optional[int] = None
     purify_gallery: bool = False
+    #: text-image grids only (:mod:`.text_image_config`): the keywords (an axis; ``[None]``: none)
+    keywords: List[Optional[str]] = field(default_factory=lambda: [None])
 
 
 @dataclass
@@ -163,6 +176,9 @@ class Experiment:
     num_gpus: float = 0.0
     gallery: int = 0
     batch_size: int = 64
+    #: images per run of a per-image DO attack (None: the whole pool at once); each chunk stops
+    #: early on its own, so an early-stopping attack costs what its hardest chunk needs
+    attack_batch: Optional[int] = None
     grids: List[Grid] = field(default_factory=list)
     artifacts: Dict[str, ArtifactSpec] = field(default_factory=dict)
     overrides: List[Dict[str, object]] = field(default_factory=list)
@@ -238,7 +254,7 @@ class _Checker:
         ``grid.attacks[2].steps: ...``."""
         try:
             return fn(*args, **kwargs)
-        except (TypeError, ValueError, LookupError) as e:
+        except (TypeError, ValueError, LookupError, FileNotFoundError) as e:
             raise _located(e, self.src, where, [k for k in kwargs if isinstance(k, str)]
                            + [a for a in args[1:2] if isinstance(a, str)]) from None
 
@@ -346,6 +362,9 @@ def parse(data: dict, path: Optional[Path] = None) -> Experiment:
     exp.gallery = c.wrap("experiment", check_int, head.get("gallery", 0), "gallery", 0, 64)
     exp.batch_size = c.wrap("experiment", check_int, head.get("batch_size", 64), "batch_size", 1,
                             1 << 16)
+    if "attack_batch" in head:
+        exp.attack_batch = c.wrap("experiment", check_int, head["attack_batch"], "attack_batch", 1,
+                                  1 << 16)
 
     arts = c.table(data.get("artifacts", {}), "artifacts")
     for aname, raw in arts.items():
@@ -400,13 +419,21 @@ def _grid(c: _Checker, raw, where: str, artifacts: Dict[str, ArtifactSpec],
                for i, v in enumerate(_axis(c, grid, where, "seeds", [0]))]
     g.overrides = _overrides(c, grid.get("override", []), f"{where}.override")
     from . import retrieval_config as RC
+    from . import text_image_config as TIC
     if task == "retrieval":
         RC.check_grid(c, grid, g, where, dataset_size)
         if len(g.stickers) > 1 or g.stickers[0].name != "none" or len(g.corruptions) > 1 \
                 or g.corruptions[0]["name"] != "none":
             c.fail(where, "retrieval grids take no stickers or corruptions")
+    elif task == "text-image":
+        TIC.check_grid(c, grid, g, where, dataset_size)
     else:
         RC.refuse_outside(c, grid, where, task)
+    if task != "text-image":
+        TIC.refuse_outside(c, grid, where, task)
+    if task == "classification":
+        from .heldout import check_grid as check_heldout_grid
+        check_heldout_grid(c, g, where)
     if task == "face-detection":
         if any(d.name != "none" for d in g.defenses) or any(g.adaptive):
             c.fail(where, "face-detection grids take no defenses and no adaptive attacker yet "
@@ -479,8 +506,11 @@ def _model(c: _Checker, raw, where: str, task: str = "classification") -> Entry:
     if task == "retrieval":
         from .retrieval_config import check_model
         return check_model(c, e, where)
+    if task == "text-image":
+        from .text_image_config import check_model as check_text_image_model
+        return check_text_image_model(c, e, where)
     from ..models import zoo
-    c.wrap(where, zoo.get_spec, e.name)
+    c.wrap(where, zoo.check_spec, e.name)     # zoo names, torchvision:/timm:/module:function specs
     c.keys(e.options, where, {"weights", "options"})
     if "weights" in e.options:
         w = e.options["weights"]
@@ -499,18 +529,29 @@ def _dataset(c: _Checker, raw, where: str, task: str = "classification") -> Entr
     e = Entry(known[normalize_name(e.name)], e.options, e.label)
     own = {k: v for k, v in e.options.items() if k not in _HARNESS_DATASET_KEYS}
     info = c.wrap(where, dataset_info, e.name, **own)
-    if info["task"] != task:
+    if info["task"] != task and not (task == "text-image" and info["task"] == "retrieval"):
         c.fail(where, f"{e.name!r} is a {info['task']} dataset, this experiment's task is {task!r}")
     if "photos" in e.options:
         c.wrap(where, check_bool, e.options["photos"], "photos")
         if task != "face-detection":
             c.fail(f"{where}.photos", "only face-detection datasets take photos = true")
-    for part in ("gallery", "train"):
-        if part in e.options and task != "retrieval":
-            c.fail(f"{where}.{part}", "only retrieval datasets take a gallery and train images")
-    if task == "retrieval":
+    if "gallery" in e.options and task != "retrieval":
+        c.fail(f"{where}.gallery", "only retrieval datasets take a gallery")
+    if "ads" in e.options and task != "text-image":
+        c.fail(f"{where}.ads", "only text-image datasets take ads")
+    if task == "text-image":
+        from .text_image_config import check_dataset as check_text_image_dataset
+        e = check_text_image_dataset(c, e, where, info, dataset_size)
+    elif task == "retrieval":
         from .retrieval_config import check_dataset
         e = check_dataset(c, e, where, info, dataset_size)
+    elif "train" in e.options or "placements" in e.options:
+        if task != "classification":
+            key = "train" if "train" in e.options else "placements"
+            c.fail(f"{where}.{key}", f"only classification (and retrieval: train) datasets take "
+                                     f"{key!r}, this grid's task is {task!r}")
+        from .heldout import check_dataset as check_heldout
+        e = check_heldout(c, e, where, info, dataset_size)
     split = e.options.get("split", "test")
     if split not in info.get("splits", [split]):
         c.fail(f"{where}.split", f"expected one of {info['splits']}, got {split!r}", LookupError)
@@ -608,8 +649,28 @@ def _corruptions(c: _Checker, raw, where: str) -> List[Dict[str, object]]:
 
 def check_attack_options(name: str, **options) -> None:
     """Build the attack once: every option's name and value is checked by its constructor."""
+    build_attack(name, options)
+
+
+def build_attack(name: str, options: dict):
+    """The registered attack ``name`` with ``options`` from an experiment file: an ``eot`` table
+    (``{rotation = 20, scale = [0.9, 1.1]}``) becomes a :class:`patchbench.patches.EOT` (Athalye
+    et al. 2018; its constructor checks every value)."""
     from .. import attacks
-    attacks.get(name, **options)
+    opts = dict(options)
+    if isinstance(opts.get("eot"), dict):
+        from ..patches import EOT
+        eot = dict(opts["eot"])
+        if isinstance(eot.get("scale"), list):
+            eot["scale"] = tuple(eot["scale"])
+        try:
+            opts["eot"] = EOT(**eot)
+        except TypeError as e:
+            raise TypeError(f"eot: {e} (the EOT table takes rotation, scale, perspective, "
+                            f"brightness, contrast, blur, noise)") from None
+        except ValueError as e:
+            raise ValueError(f"eot: {e}") from None
+    return attacks.get(name, **opts)
 
 
 def _defense(c: _Checker, raw, where: str, artifacts: Dict[str, ArtifactSpec]) -> Entry:
@@ -698,4 +759,4 @@ def as_dict(exp: Experiment) -> dict:
 
 __all__ = ["Experiment", "Grid", "Entry", "ArtifactSpec", "ExperimentError", "bundled_names",
            "resolve", "load", "parse", "as_dict", "check_attack_options", "check_defense_options",
-           "dataset_size"]
+           "dataset_size", "build_attack"]

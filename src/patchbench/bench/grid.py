@@ -1,7 +1,7 @@
 """From a validated :class:`~patchbench.bench.config.Experiment` to its cells.
 
 A cell is one combination of model × dataset × attack × defense × threat × adaptive × seed (× target
-class, for retrieval grids) of one of the experiment's grids, after the overrides. Its *config* is plain JSON-able data holding everything
+class, for retrieval grids; × keyword, for text-image grids) of one of the experiment's grids, after the overrides. Its *config* is plain JSON-able data holding everything
 that changes its numbers (the attack's full options, with the registered defaults filled in, the
 defense's options, the dataset pool and the cell's own ``n``, and the fingerprints of the artifacts it
 uses); its *key* is the hash of that config. Rules that keep the grid honest and small:
@@ -11,6 +11,11 @@ uses); its *key* is the hash of that config. Rules that keep the grid honest and
 * overrides apply in file order, a grid's own (``[[grid.override]]``) before the top-level ones;
   ``skip = true`` removes a cell, ``n`` must fit in the dataset entry's pool;
 * a cell that two grids (or two axis values) both give is listed once.
+
+A classification dataset entry's ``train`` table (a universal patch's training images, defaults
+filled in) and ``placements`` are part of ``dataset_options``, and ``[experiment] attack_batch``
+is the attacked cells' ``attack_batch``, so each is in the key where given (:mod:`.heldout`,
+:mod:`.steps`); cells of files without them keep their keys.
 
 Defense options are kept as the file gives them (not filled with constructor defaults): the defaults
 that matter at build time come from the cell's context (the dataset's mean fill, the image size, the
@@ -94,8 +99,8 @@ def _matches(where: Dict[str, object], cfg: Dict[str, object], labels: Dict[str,
             have = (cfg["threat"] or {}).get(k)
         elif k == "sticker":
             have = cfg.get("sticker", {}).get("name", "none")
-        elif k == "target":
-            have = cfg.get("target")
+        elif k in ("target", "keyword"):
+            have = cfg.get(k)
         elif k in ("corruption", "severity"):
             have = cfg.get("corruption", {}).get("name" if k == "corruption" else k,
                                                  "none" if k == "corruption" else 0)
@@ -194,7 +199,9 @@ def _grid_cells(exp: Experiment, grid: Grid, prints: Dict[str, str], checks: _Ov
     task = grid.task or exp.task             # a [[grid]] may name its own task
     faces = task == "face-detection"         # face patches sit on the face boxes: no threat
     retrieval = task == "retrieval"
-    targets = grid.targets if retrieval else [None]
+    text_image = task == "text-image"
+    # one axis more: AdvHash's target classes (retrieval) or the keywords (text-image)
+    targets = grid.targets if retrieval else (grid.keywords if text_image else [None])
     for model, (d, data), sticker, corruption, threat, defense, attack, adaptive, seed, target in \
             itertools.product(grid.models, enumerate(grid.datasets), grid.stickers,
                               grid.corruptions, grid.threats[:1] if faces else grid.threats,
@@ -227,9 +234,14 @@ def _grid_cells(exp: Experiment, grid: Grid, prints: Dict[str, str], checks: _Ov
             labels["sticker"] = sticker.display()
         if corruption["name"] != "none":
             cfg["corruption"] = dict(corruption)
+        if exp.attack_batch and attack.name != "none":   # absent otherwise: older keys stay
+            cfg["attack_batch"] = int(exp.attack_batch)
         if retrieval:                        # only retrieval cells carry these: other keys stay
             from .retrieval_config import cell_fields
             cfg.update(cell_fields(grid, target))
+        if text_image:                       # only text-image cells carry these
+            from .text_image_config import cell_fields as text_image_fields
+            cfg.update(text_image_fields(grid, target))
         pool = n
         if pool is None:
             size = dataset_size(data.name, split)
@@ -263,6 +275,10 @@ def describe(cfg: Dict[str, object]) -> str:
     if cfg.get("task") == "retrieval":
         if cfg.get("target") is not None:
             extra += f" target={cfg['target']}"
+        opts = cfg.get("defense_options") or {}      # the options that change the attacker only
+        extra += "".join(f" {k}={opts[k]}" for k in ("eot_samples", "gradient") if k in opts)
+    if cfg.get("task") == "text-image":
+        extra += f" keyword={cfg.get('keyword')}"
         opts = cfg.get("defense_options") or {}      # the options that change the attacker only
         extra += "".join(f" {k}={opts[k]}" for k in ("eot_samples", "gradient") if k in opts)
     return (f"{lab.get('model', cfg['model'])}{area}{extra} "

@@ -1,12 +1,15 @@
 """HTML reports rebuilt from results stores: ``patchbench report DIR [DIR ...] [--out DIR] [--open]``.
 
-One self-contained page per run (``DIR/index.html``): a headline (what was run, how many cells are
-done or failed, wall and compute time), each task's tables and plots in its paper's layout (a view
+One self-contained page per run (``DIR/index.html``): a headline box first (the page's key numbers,
+:mod:`patchbench.bench.views._headline`, then what was run, how many cells are done or failed, wall
+and compute time), each task's tables and plots in its paper's layout (a view
 module per task, :mod:`patchbench.bench.views`), the galleries the runner kept
 (``DIR/gallery/<key>.pt``) and the failed cells with their tracebacks. Given several runs, a
 comparison page puts the cells they share side by side, with deltas.
 
-The report reads the stores read-only and writes only ``index.html`` files.
+The page stays under :data:`PAGE_BUDGET` characters (~1 MB): the galleries get what the tables,
+plots and the views' own pictures left, at most :data:`GALLERY_BUDGET`. The report reads the stores
+read-only and writes only ``index.html`` files.
 """
 from __future__ import annotations
 
@@ -23,9 +26,13 @@ from .views._common import (ATTACK_ORDER, DEFENSE_ORDER, CellNamer, canonical, e
                             order_key)
 from .views._compare import render_comparison
 from .views._gallery import gallery_html, gallery_path, load_gallery
+from .views._headline import headline_items
 
 #: bytes of gallery images one page embeds at most (the rest are listed as not shown)
 GALLERY_BUDGET = 600_000
+#: characters a run's page may reach (its images are base64 text): a report stays under 1 MB
+PAGE_BUDGET = 960_000
+_RESERVE = 40_000           # the failed-cells listing and the page's frame
 
 
 def _check_dirs(run_dirs, arg: str) -> List[Path]:
@@ -128,7 +135,7 @@ def run_page(run_dir: Path, records: List[CellRecord]) -> Report:
     namer = CellNamer(r.config for r in records)
     exps = _distinct(r.config.get("experiment") for r in records)
     rep = Report(f"{', '.join(exps) or Path(run_dir).name} — patchbench report")
-    _headline(rep, run_dir, records)
+    _headline(rep, run_dir, records, namer)
     if not records:
         rep.paragraph("The store holds no cell yet.", "note")
         return rep
@@ -155,7 +162,14 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.2f} h"
 
 
-def _headline(rep: Report, run_dir: Path, records: List[CellRecord]) -> None:
+def _headline(rep: Report, run_dir: Path, records: List[CellRecord], namer: CellNamer) -> None:
+    """The box at the top: the key numbers of the page's views, then what ran."""
+    try:
+        lines = headline_items(records, namer, run_dir)
+    except Exception as e:  # noqa: BLE001 - a headline bug must not cost the whole page
+        lines = [("", esc(f"(the key numbers could not be computed: {type(e).__name__}: {e})"))]
+    if lines:
+        rep.headline(lines, escape=False)
     cfgs = [r.config for r in records]
     done = sum(r.status == "done" for r in records)
     failed = len(records) - done
@@ -187,8 +201,10 @@ def _headline(rep: Report, run_dir: Path, records: List[CellRecord]) -> None:
     versions = _distinct(r.version for r in records)
     items.append(("Store", f"<code>{esc(Path(run_dir) / DB_NAME)}</code>"
                            + (f"; patchbench {esc(', '.join(versions))}" if versions else "")))
-    rep.raw_html("<dl class='headline'>" + "".join(f"<dt>{t}</dt><dd>{v}</dd>" for t, v in items)
-                 + "</dl>")
+    if not lines:
+        rep.headline_html("<h2>Run</h2>")
+    rep.headline_html("<dl class='headline'>" + "".join(f"<dt>{t}</dt><dd>{v}</dd>"
+                                                        for t, v in items) + "</dl>")
 
 
 def _galleries(rep: Report, run_dir: Path, records: List[CellRecord], namer: CellNamer) -> None:
@@ -218,10 +234,12 @@ def _galleries(rep: Report, run_dir: Path, records: List[CellRecord], namer: Cel
         return
     rep.heading("Galleries")
     rep.paragraph("The first images of each attack: clean, patched (with the undefended model's "
-                  "prediction), the patch mask, and each defense's purified image (with the model's "
-                  "prediction on it); ✓ = the true label. A DO attack's patched image is the same "
+                  "prediction and its confidence where the run kept it), the patch mask (its share "
+                  "of the image), and each defense's purified image (with the model's prediction "
+                  "on it); ✓ = the true label. A DO attack's patched image is the same "
                   "for every defense; an adaptive attacker's is not.", "note")
-    budget, skipped = GALLERY_BUDGET, 0
+    budget = max(0, min(GALLERY_BUDGET, PAGE_BUDGET - _RESERVE - rep.size()))
+    skipped = 0
     for grp in shown:
         html, size = gallery_html(grp["entries"], grp["title"], budget)
         if not html:
@@ -231,7 +249,8 @@ def _galleries(rep: Report, run_dir: Path, records: List[CellRecord], namer: Cel
         rep.raw_html(html)
     if skipped:
         rep.paragraph(f"{skipped} more galleries not shown: the page keeps its images under "
-                      f"{GALLERY_BUDGET // 1000} kB (they are in {Path(run_dir) / 'gallery'}).", "note")
+                      f"{GALLERY_BUDGET // 1000} kB and itself under {PAGE_BUDGET // 1000} kB "
+                      f"(they are in {Path(run_dir) / 'gallery'}).", "note")
     for p in problems:
         rep.paragraph(p, "bad")
 
@@ -285,4 +304,4 @@ def main_report(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
-__all__ = ["build_report", "run_page", "main_report", "GALLERY_BUDGET"]
+__all__ = ["build_report", "run_page", "main_report", "GALLERY_BUDGET", "PAGE_BUDGET"]

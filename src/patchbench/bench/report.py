@@ -1,6 +1,12 @@
 """Self-contained HTML reports: tables like the papers', matplotlib plots and image galleries, all
 embedded as ``data:`` URIs so one ``index.html`` can be mailed or archived; plus atomic JSON/CSV writers.
 
+Readable on a 1400-px screen (issue 16): the page's key numbers come first, in one box under the
+title (:meth:`Report.headline`, wherever it is called); the body is at most 1360 px wide and a table
+wider than that scrolls inside its own box instead of widening the page; a cell never shows a raw
+dict or list (an interval reads ``[0.412, 0.903]``, a dict ``k: v, ...``); a label-conditional
+number gets a :meth:`Report.banner` and a † marker (:data:`LABEL_MARK`).
+
 Photos are embedded as JPEG (quality 80) and plots as PNG (palette-quantised when that is smaller):
 whichever of the two encodings is smaller is kept for each image, so a 28-pixel image upscaled with
 nearest neighbour or a binary mask stays a crisp PNG while a photo becomes a JPEG ~10× smaller.
@@ -24,10 +30,21 @@ from PIL import Image
 from .._io import atomic_write_text  # noqa: F401  (re-exported: existing callers import it from here)
 
 JPEG_QUALITY = 80
+#: the marker of a label-conditional number (e.g. a defensive patch chosen for the true class)
+LABEL_MARK = "†"
+#: the widest screen a page is laid out for, px (the body is a little narrower)
+PAGE_WIDTH = 1400
 
 _CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1200px;
-color:#222;padding:0 1em;line-height:1.4}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1360px;
+color:#222;padding:0 1em;line-height:1.4;box-sizing:border-box}
+div.scroll{overflow-x:auto;max-width:100%}
+table{display:block;overflow-x:auto;max-width:100%;width:max-content}
+div.headline{border:2px solid #345;border-radius:6px;background:#f4f8fc;padding:.6em 1em;margin:1em 0}
+div.headline h2{margin:0 0 .4em 0;border:0;font-size:1.2em}
+div.headline ul{margin:.2em 0;padding-left:1.2em}div.headline li{margin:.15em 0}
+div.banner{border:2px solid #b60;background:#fff4e0;padding:.5em 1em;margin:1em 0;font-weight:600}
+sup.lc,span.lc{color:#b60;font-weight:700}
 h1{font-size:1.6em}h2{font-size:1.3em;margin-top:2em;border-bottom:1px solid #ddd}h3{font-size:1.1em}
 table{border-collapse:collapse;margin:1em 0;font-size:.9em}
 th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right;vertical-align:top}th{background:#f3f3f3}
@@ -149,7 +166,19 @@ def _fmt(v) -> str:
         return f"{v:.3f}"
     if isinstance(v, dict):
         return ", ".join(f"{k}: {_fmt(x)}" for k, x in v.items())
+    if isinstance(v, torch.Tensor):
+        v = v.tolist()
+    if isinstance(v, (list, tuple)):
+        if len(v) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+            return f"[{_fmt(v[0])}, {_fmt(v[1])}]"          # an interval
+        return ", ".join(_fmt(x) for x in v)
     return str(v)
+
+
+def format_value(v) -> str:
+    """A cell value as text: floats with 3 decimals (NaN → –), a 2-number list as an interval
+    ``[lo, hi]``, other lists comma-separated, dicts ``k: v, ...`` — never a raw dict or list."""
+    return _fmt(v)
 
 
 class Report:
@@ -158,6 +187,37 @@ class Report:
     def __init__(self, title: str):
         self.title = title
         self._parts: List[str] = []
+        self._headline: List[str] = []
+
+    def headline(self, items: Sequence, title: str = "Key numbers", escape: bool = True
+                 ) -> "Report":
+        """The page's key numbers, in one box right under the title (before any table, whenever
+        this is called). ``items``: text lines, or ``(label, text)`` pairs (the label in bold);
+        ``escape=False`` takes labels and texts as HTML fragments. Several calls add to the one box."""
+        lines = []
+        for it in items:
+            label, text = it if isinstance(it, (tuple, list)) and len(it) == 2 else ("", it)
+            text, label = ((html.escape(str(text)), html.escape(str(label))) if escape
+                           else (str(text), str(label)))
+            lines.append(f"<li>{f'<b>{label}</b>: ' if label else ''}{text}</li>")
+        if lines:
+            head = "" if self._headline else f"<h2>{html.escape(title)}</h2>"
+            self._headline.append(head + "<ul>" + "".join(lines) + "</ul>")
+        return self
+
+    def headline_html(self, fragment: str) -> "Report":
+        """An HTML fragment added to the key-numbers box (e.g. what ran, below the numbers)."""
+        self._headline.append(fragment)
+        return self
+
+    def banner(self, text: str) -> "Report":
+        """A prominent warning block (e.g. "these numbers are label-conditional")."""
+        self._parts.append(f"<div class='banner' role='note'>{html.escape(text)}</div>")
+        return self
+
+    def size(self) -> int:
+        """Characters of HTML so far (the embedded images dominate): for byte budgets."""
+        return sum(map(len, self._parts)) + sum(map(len, self._headline))
 
     def heading(self, text: str, level: int = 2) -> "Report":
         self._parts.append(f"<h{level}>{html.escape(text)}</h{level}>")
@@ -176,7 +236,7 @@ class Report:
             return self
         cols = list(columns) if columns else list(rows[0].keys())
         tcols = set(text_columns)
-        out = ["<table>"]
+        out = ["<div class='scroll'><table>"]
         if caption:
             out.append(f"<caption>{html.escape(caption)}</caption>")
         out.append("<tr>" + "".join(
@@ -185,7 +245,7 @@ class Report:
             out.append("<tr>" + "".join(
                 f'<td class="{"t" if (c in tcols or isinstance(r.get(c), str)) else ""}">'
                 f'{html.escape(_fmt(r.get(c, "")))}</td>' for c in cols) + "</tr>")
-        out.append("</table>")
+        out.append("</table></div>")
         self._parts.append("".join(out))
         return self
 
@@ -205,6 +265,7 @@ class Report:
         return self
 
     def figure(self, fig, caption: str = "") -> "Report":
+        """A matplotlib figure as a PNG (closed afterwards), captioned."""
         self._parts.append(f'<figure class="plot"><img src="{figure_data_uri(fig)}" alt="">'
                            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
         return self
@@ -216,7 +277,10 @@ class Report:
     def render(self) -> str:
         return ("<!doctype html><html><head><meta charset='utf-8'>"
                 f"<title>{html.escape(self.title)}</title><style>{_CSS}</style></head><body>"
-                f"<h1>{html.escape(self.title)}</h1>" + "\n".join(self._parts) + "</body></html>")
+                f"<h1>{html.escape(self.title)}</h1>"
+                + (f"<div class='headline'>{''.join(self._headline)}</div>" if self._headline
+                   else "")
+                + "\n".join(self._parts) + "</body></html>")
 
     def save(self, out_dir) -> Path:
         out = Path(out_dir)

@@ -12,7 +12,14 @@ downstream-only attacker): it is computed once on the whole pool (the dataset en
 from an override). Benign and adaptive cells evaluate the pool's first ``n`` images themselves.
 
 Retrieval cells (hashers under AdvHash, PAIR Table 2) are :mod:`.retrieval_cell`: the same group
-sharing of the DO attack, on the cell's own queries.
+sharing of the DO attack, on the cell's own queries. Text-image cells (dual encoders under TTH, PAIR
+Tables 1, 3, 4) are :mod:`.text_image_cell`: one DO patch per keyword shared by every defense.
+
+Classification pools (:mod:`.heldout`): ``-1`` labels (photos without a human label) are replaced by
+the bare model's clean prediction and counted (``reference_by_prediction``); with ``placements`` each
+scored image is pasted on that many times; a ``train`` table fits a universal patch on those images
+and scores it on the held-out pool. A per-image DO attack runs ``attack_batch`` images at a time and
+records each image's first successful iterate (``asr_by_step``, :mod:`.steps`).
 
 Defense extras: a defense that counts its forward passes (PatchCleanser's ``last_forward_counts``)
 adds ``forward_equivalents_last`` (per image, of its last prediction call in the cell), and one built
@@ -42,6 +49,7 @@ _MODELS: "OrderedDict[str, object]" = OrderedDict()
 _DATA: "OrderedDict[str, tuple]" = OrderedDict()
 _ATTACKS: "OrderedDict[str, object]" = OrderedDict()
 _PREPARED: "OrderedDict[str, object]" = OrderedDict()
+_REFS: "OrderedDict[str, tuple]" = OrderedDict()
 
 
 def _remember(cache: OrderedDict, key: str, make: Callable, size: int = 4):
@@ -88,14 +96,47 @@ def _load_pool(cfg: dict, device: str):
     from ..data import load_dataset
     o = cfg["dataset_options"]
     key = json.dumps([cfg["dataset"], o, device], sort_keys=True)
-    own = {k: v for k, v in o.items()
-           if k not in ("split", "n", "offset", "photos", "gallery", "train")}
+    own = _own_options(o)
 
     def load():
         x, y = load_dataset(cfg["dataset"], split=o["split"], n=o.get("n"), offset=o["offset"],
                             **own)
         return x.to(device), ([b.to(device) for b in y] if isinstance(y, list) else y.to(device))
     return _remember(_DATA, key, load)
+
+
+def _own_options(o: dict) -> dict:
+    """A dataset entry's own options (``size=``), without the keys the harness reads itself."""
+    from .config import _HARNESS_DATASET_KEYS
+    return {k: v for k, v in o.items() if k not in _HARNESS_DATASET_KEYS}
+
+
+def _train_pool(cfg: dict, model, model_key: str, device: str):
+    """A held-out universal cell's training images (:mod:`.heldout`), ``-1`` labels replaced by the
+    model's clean predictions."""
+    from ..data import load_dataset
+    from .heldout import with_reference
+    t = cfg["dataset_options"]["train"]
+    own = _own_options(cfg["dataset_options"])
+    key = json.dumps([cfg["dataset"], t, own, device, model_key], sort_keys=True)
+
+    def load():
+        x, y = load_dataset(cfg["dataset"], split=t["split"], n=t.get("n"), offset=t["offset"],
+                            **own)
+        x, y = x.to(device), y.to(device)
+        return x, with_reference(model, x, y)[0]
+    return _remember(_DATA, key, load)
+
+
+def _referenced_pool(cfg: dict, model, model_key: str, x, y, device: str):
+    """``(y, replaced)``: the pool's ``-1`` labels replaced by the bare model's clean predictions
+    (:func:`.heldout.with_reference`), kept per model and pool."""
+    from .heldout import PREDICTION_LABEL, with_reference
+    if not isinstance(y, torch.Tensor) or not bool((y == PREDICTION_LABEL).any()):
+        return y, None
+    key = json.dumps(["reference", cfg["dataset"], cfg["dataset_options"], model_key, device],
+                     sort_keys=True)
+    return _remember(_REFS, key, lambda: with_reference(model, x, y))
 
 
 def _prepared_pool(cfg: dict, model, paths: Dict[str, str], device: str):
@@ -139,14 +180,25 @@ def _attack_key(cfg: dict) -> str:
             "model_artifacts": {r: cfg["artifacts"].get(r, r) for r in refs}}
     if cfg.get("task") == "retrieval":   # AdvHash's target, on the cell's own queries (no slicing)
         what.update(target=cfg.get("target"), n=cfg.get("n"))
+    if cfg.get("task") == "text-image":  # TTH's keyword (its ads and e_t) and the gallery's k
+        what.update(keyword=cfg.get("keyword"), k=cfg.get("k"))
+    if cfg.get("attack_batch"):          # absent otherwise: older caches keep their keys
+        what["attack_batch"] = cfg["attack_batch"]
     return config_fingerprint(what)
 
 
-def _shared_attack(cfg: dict, settings: dict, attack, model, x, y, threat):
+def _shared_attack(cfg: dict, settings: dict, attack, model, x, y, threat, train=None):
     """The non-adaptive attack of this cell's group on the whole pool ``x``: from memory, from the
     run's cache folder, or run now (with the generator :func:`patchbench.evaluate` would make, so a
-    cell's numbers equal ``pb.evaluate``'s on the same images) and kept in both."""
+    cell's numbers equal ``pb.evaluate``'s on the same images) and kept in both. With several
+    placements the pool is repeated (:func:`.heldout.repeat`); with ``train = (x, y)`` a universal
+    patch is fitted there and scored on the pool (:func:`.heldout.fit_and_apply`); a per-image
+    attack runs ``attack_batch`` images at a time and records each image's first successful
+    iterate (:func:`.steps.run_chunked`)."""
     from .._validation import make_generator
+    from .heldout import fit_and_apply, placements_of, repeat
+    from .steps import run_chunked
+    p = placements_of(cfg)
 
     key = _attack_key(cfg)
     folder = settings.get("cache_dir")
@@ -159,7 +211,11 @@ def _shared_attack(cfg: dict, settings: dict, attack, model, x, y, threat):
             if isinstance(data, dict) and "result" in data:
                 return _as_result(data["result"])
         g = make_generator(cfg["seed"], device="cuda" if x.device.type == "cuda" else "cpu")
-        res = attack.run(model, x, y, threat, generator=g)
+        if train is not None:
+            res = fit_and_apply(attack, model, train[0], train[1], x, y, threat, p, g)
+        else:
+            res = run_chunked(attack, model, repeat(x, p), repeat(y, p), threat, g,
+                              cfg.get("attack_batch"))
         if folder:
             atomic_save({"result": _result_dict(res)}, Path(folder) / f"{key}.pt")
         return res
@@ -203,10 +259,10 @@ def _result_dict(res) -> dict:
 def compute_cell(cfg: dict, settings: dict) -> Tuple[dict, Optional[dict]]:
     """Compute one cell: ``(metrics, gallery or None)``. ``settings``: ``device``, ``artifacts``
     (name → path), ``cache_dir`` (DO attack cache, or None), ``gallery`` (images to keep),
-    ``batch_size`` (images per prediction batch, default 64)."""
+    ``batch_size`` (images per prediction batch, default 64). Classification cells first replace
+    ``-1`` labels by the model's clean prediction, score ``placements`` copies of their images
+    and train a universal patch on their ``train`` images where given (:mod:`.heldout`)."""
     import patchbench as pb
-    from ..data import dataset_info
-    from ..defenses import BuildContext, build
 
     device = settings.get("device", "cpu")
     paths = settings.get("artifacts", {})
@@ -217,32 +273,93 @@ def compute_cell(cfg: dict, settings: dict) -> Tuple[dict, Optional[dict]]:
         from .retrieval_cell import retrieval_cell
         return retrieval_cell(cfg, settings, model, _model_key(cfg, paths, device)[0], paths,
                               device)
+    if cfg["task"] == "text-image":
+        from .text_image_cell import text_image_cell
+        return text_image_cell(cfg, settings, model, _model_key(cfg, paths, device)[0], paths,
+                               device)
+    from . import heldout
+    from .config import build_attack
+    model_key = _model_key(cfg, paths, device)[0]
     x_pool, y_pool = _prepared_pool(cfg, model, paths, device)
+    y_pool, replaced = _referenced_pool(cfg, model, model_key, x_pool, y_pool, device)
     x, y = _first(x_pool, y_pool, cfg["n"])
-    info = dataset_info(cfg["dataset"])
+    n_images, p = x.shape[0], heldout.placements_of(cfg)
+    train = heldout.train_spec(cfg)
     threat = _threat(cfg)
-    attack = None if cfg["attack"] == "none" else pb.attacks.get(cfg["attack"], **cfg["attack_options"])
+    attack = None if cfg["attack"] == "none" else build_attack(cfg["attack"], cfg["attack_options"])
+    defense, certify = _build_defense(cfg, model, x, paths, device)
+    t0 = time.perf_counter()
+    reuse = None
+    if attack is not None and not cfg["adaptive"]:
+        data = None if train is None else _train_pool(cfg, model, model_key, device)
+        pooled = _shared_attack(cfg, settings, attack, model, x_pool, y_pool, threat, data)
+        reuse = _rows(pooled, heldout.rows(x_pool.shape[0], n_images, p))
+    if attack is not None:
+        x, y = heldout.repeat(x, p), heldout.repeat(y, p)
+    ev = pb.evaluate(model, x, y, attack=attack, defense=defense, threat=threat,
+                     adaptive=cfg["adaptive"], generator=cfg["seed"], task=cfg["task"],
+                     attack_result=reuse, batch_size=int(settings.get("batch_size", 64)))
+    metrics = dict(ev.metrics())
+    metrics.update(heldout.cell_metrics(ev, y, n_images, p, replaced, ev.result, train))
+    metrics.update(_step_metrics(ev, y, cfg))
+    metrics.update(_defense_extras(defense, model, x, y, certify and attack is None))
+    metrics["seconds"] = round(time.perf_counter() - t0, 4)
+    gallery = _gallery(model, defense, x, y, ev.result, settings.get("gallery", 0))
+    if gallery is not None and replaced is not None:   # "y" there is the model's own prediction
+        rep = heldout.repeat(replaced[:n_images], p if attack is not None else 1)
+        gallery["by_prediction"] = rep[:gallery["clean"].shape[0]].cpu()
+    return metrics, gallery
+
+
+def _build_defense(cfg: dict, model, x, paths: Dict[str, str], device: str):
+    """``(defense or None, certify)``: the cell's defense built from its context (image size,
+    dataset mean fill, patch area, artifacts), in eval mode on ``device``."""
+    from ..data import dataset_info
+    from ..defenses import BuildContext, build
+    info = dataset_info(cfg["dataset"])
     ctx = BuildContext(model=model, image_size=tuple(x.shape[-2:]), channels=int(x.shape[1]),
                        fill=tuple(info.get("mean", (0.5,) * x.shape[1])), patch_area=cfg["patch_area"],
                        device=device, artifacts=dict(paths))
     options = dict(cfg["defense_options"])
     certify = bool(options.pop("certify", False))
     defense = None if cfg["defense"] == "none" else build(cfg["defense"], ctx, **options)
-    if defense is not None:
-        defense = defense.to(device).eval()
-    t0 = time.perf_counter()
-    reuse = None
-    if attack is not None and not cfg["adaptive"]:
-        reuse = _sliced(_shared_attack(cfg, settings, attack, model, x_pool, y_pool, threat),
-                        x.shape[0])
-    ev = pb.evaluate(model, x, y, attack=attack, defense=defense, threat=threat,
-                     adaptive=cfg["adaptive"], generator=cfg["seed"], task=cfg["task"],
-                     attack_result=reuse, batch_size=int(settings.get("batch_size", 64)))
-    metrics = dict(ev.metrics())
-    metrics.update(_defense_extras(defense, model, x, y, certify and attack is None))
-    metrics["seconds"] = round(time.perf_counter() - t0, 4)
-    gallery = _gallery(model, defense, x, y, ev.result, settings.get("gallery", 0))
-    return metrics, gallery
+    return (None if defense is None else defense.to(device).eval()), certify
+
+
+def _rows(res, idx: torch.Tensor):
+    """The shared result on the cell's rows ``idx`` (its first ``n`` images at each placement)."""
+    if idx.numel() == res.x_adv.shape[0] and bool((idx == torch.arange(idx.numel())).all()):
+        return res
+    if bool((idx == torch.arange(idx.numel())).all()):
+        return _sliced(res, idx.numel())
+    from ..attacks.base import AttackResult
+    total = res.x_adv.shape[0]
+
+    def take(v):
+        if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == total:
+            return v[idx.to(v.device)]
+        return v
+
+    patch = res.patch
+    if isinstance(patch, torch.Tensor) and patch.dim() == 4 and patch.shape[0] == total:
+        patch = take(patch)
+    return AttackResult(x_adv=take(res.x_adv), patch=patch, mask=take(res.mask),
+                        success=take(res.success), history=list(res.history),
+                        info={k: take(v) for k, v in (res.info or {}).items()},
+                        eligible=None if res.eligible is None else take(res.eligible))
+
+
+def _step_metrics(ev, y, cfg: dict) -> dict:
+    """``asr_by_step`` (:mod:`.steps`): the success rate over the correctly classified images
+    after 0 … steps iterations, where the attack's iterates were recorded."""
+    from .steps import asr_by_step
+    res = ev.result
+    step = (res.info or {}).get("success_step") if res is not None else None
+    if step is None or ev.pred_clean is None or cfg["defense"] != "none":   # the bare model's
+        return {}
+    ok = (ev.pred_clean.to(y.device) == y).cpu()
+    curve = asr_by_step(step, ok, int(cfg["attack_options"].get("steps", 0) or 0))
+    return {} if curve is None else {"asr_by_step": curve}
 
 
 def _face_cell(cfg: dict, settings: dict, detector, paths: Dict[str, str], device: str):
@@ -292,16 +409,27 @@ def _gallery(model, defense, x, y, res, k: int) -> Optional[dict]:
     k = min(int(k), x.shape[0])
     xs, ys = x[:k], y[:k]
     g = {"clean": _u8(xs), "y": ys.cpu(), "class_names": list(getattr(model, "class_names", []))}
-    g["pred_clean"] = model(xs).argmax(1).cpu()
+    g["pred_clean"], g["conf_clean"] = _top(model, xs)
     if res is not None:
         xa = res.x_adv[:k]
-        g.update(adv=_u8(xa), mask=_u8(res.mask[:k]), pred_adv=model(xa).argmax(1).cpu())
+        g.update(adv=_u8(xa), mask=_u8(res.mask[:k]))
+        g["pred_adv"], g["conf_adv"] = _top(model, xa)
+        if isinstance(res.patch, torch.Tensor) and res.patch.dim() == 3:   # one universal patch
+            g["patch"] = _u8(res.patch)
         if defense is not None and getattr(defense, "output", "image") == "image":
             # the GT-mask oracle repaints these images' own masks (with_mask is the identity
             # for every other defense)
             pur = defense.with_mask(res.mask[:k])(xa)
-            g.update(purified=_u8(pur), pred_purified=model(pur).argmax(1).cpu())
+            g["purified"] = _u8(pur)
+            g["pred_purified"], g["conf_purified"] = _top(model, pur)
     return g
+
+
+def _top(model, x: torch.Tensor):
+    """The model's class and its softmax confidence on each image (for gallery captions)."""
+    p = torch.softmax(model(x).float(), dim=1)
+    conf, pred = p.max(1)
+    return pred.cpu(), conf.cpu()
 
 
 def run_cell(cfg: dict, settings: dict) -> CellRecord:
@@ -379,15 +507,29 @@ def estimate_passes(cfg: dict, n_default: int = 1000, shared_attack: bool = True
     if cfg.get("task") == "retrieval":
         from .retrieval_cell import estimate_passes as retrieval_passes
         return retrieval_passes(cfg, shared_attack, n_default)
+    if cfg.get("task") == "text-image":
+        from .text_image_cell import estimate_passes as text_image_passes
+        return text_image_passes(cfg, shared_attack, n_default)
     n = _cell_n(cfg, n_default=n_default)
     f = _forwards_per_prediction(cfg)
     passes = n * f * (1 if cfg["attack"] == "none" else 2)
+    placements = int((cfg.get("dataset_options") or {}).get("placements", 1) or 1)
+    if cfg["attack"] != "none":
+        passes *= placements
     if cfg["attack"] != "none" and (cfg["adaptive"] or not shared_attack):
         o = cfg["attack_options"]
         steps = o.get("steps", o.get("epochs", 1))
         work = steps * (o.get("restarts", 1) or 1) * (o.get("eot_samples", 1) or 1)
-        passes += (n * work * (1 + f) if cfg["adaptive"]
-                   else _cell_n(cfg, pool=True, n_default=n_default) * work)
+        train = (cfg.get("dataset_options") or {}).get("train")
+        if isinstance(train, dict):      # fitted on the training images, then applied (forwards)
+            from .config import dataset_size
+            size = dataset_size(cfg["dataset"], train["split"])
+            n_train = train.get("n") or ((size - int(train.get("offset", 0))) if size else n_default)
+            passes += n_train * (work + placements) \
+                + _cell_n(cfg, pool=True, n_default=n_default) * placements
+        else:
+            passes += (n * placements * work * (1 + f) if cfg["adaptive"]
+                       else _cell_n(cfg, pool=True, n_default=n_default) * placements * work)
     if cfg["attack"] == "none" and cfg["defense_options"].get("certify"):
         passes += n * f * (f + 1) / 2
     return float(passes)

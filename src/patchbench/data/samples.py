@@ -5,7 +5,8 @@ Fashion-MNIST test images.
 scikit-learn (``load_sample_images``) whose content *is* an ImageNet-1k class. Each label was chosen
 by a person from the picture (never from a model's prediction), with a one-line reason per entry
 below; photos with no honest ImageNet-1k class were left out (see ``LEFT_OUT``). Crops are used where a
-sub-region of a photo is a clear example of a class.
+sub-region of a photo is a clear example of a class. These 8 photos open the larger, versioned pool
+of :func:`patchbench.data.photos` (78 real photographs, with the same labels and crops).
 
 Example::
 

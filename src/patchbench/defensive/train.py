@@ -20,7 +20,7 @@ noise-aware training applies a random common corruption (:mod:`patchbench.corrup
 Our addition (not in the authors' code): ``shared_ce > 0`` also trains the shared patch directly on the
 ensemble's mean cross-entropy (same EOT / noise as the model-specific epochs) next to its Gram loss;
 with the authors' recipe the shared patch only follows the model-specific ones through the Gram
-matrices. On Fashion-MNIST it adds 0.5–1.7 points of corruption gain (``presets.defensive_patch``).
+matrices. On Fashion-MNIST it adds 0.5–1.7 points of corruption gain (the ``defensive-patch`` experiment).
 
 Example::
 

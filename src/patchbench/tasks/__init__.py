@@ -9,8 +9,11 @@
 * ``retrieval`` — :class:`~patchbench.tasks.retrieval.Retrieval`: a hasher's ``N×bits`` outputs;
   AdvHash's objective towards a target anchor code (Hu et al., ACM MM 2021); clean mAP@k and, for the
   attacked queries, t-mAP@k ("irrelevant") and mAP@k ("relevant") (PAIR, ACM MM 2024, Table 2).
+* ``text-image`` — :class:`~patchbench.tasks.text_image.TextImage`: a dual encoder's image
+  embeddings; TTH's objective towards a keyword's mean text embedding (Hu, Chen & Li, ICASSP 2023);
+  clean R@10 and, with patched ads in the gallery, irrelevant / relevant R@10 (PAIR Table 1).
 """
-from . import classification, face, retrieval  # noqa: F401  (registers the tasks)
+from . import classification, face, retrieval, text_image  # noqa: F401  (registers the tasks)
 from .base import Task, get, names, register
 
 __all__ = ["Task", "get", "names", "register"]

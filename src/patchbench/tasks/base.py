@@ -1,6 +1,6 @@
 """What a task is, and the registry that finds tasks by name.
 
-A *task* says what a model's output means and what "attacked" means for it (ARCHITECTURE.md, "The
+A *task* says what a model's output means and what "attacked" means for it (docs/architecture.md, "The
 data path"): the objective an attack maximises (a per-sample loss and a per-sample success flag, from
 one forward pass), and the metrics of one evaluation cell. Attacks keep their loops (``sign_ascent``,
 ``apgd``, the universal loop take a loss function) and take that function from their task, so the
@@ -10,7 +10,7 @@ same loop serves classification today and retrieval later.
 
     >>> from patchbench import tasks
     >>> tasks.names()
-    ['classification', 'face-detection']
+    ['classification', 'face-detection', 'retrieval']
     >>> loss, success = tasks.get("classification").objective(logits, y, None, loss="dlr")
 """
 from __future__ import annotations

@@ -80,11 +80,21 @@ def options_text(options) -> str:
 
 
 def _short(v) -> str:
+    """A config value for a caption or a cell: never a raw dict or list (``{"a": 1, "b": [2, 3]}``
+    → ``(a=1, b=2/3)``)."""
     if isinstance(v, float):
         return f"{v:g}"
-    if isinstance(v, (dict, list)):
-        return json.dumps(v, sort_keys=True, separators=(",", ":"))
+    if isinstance(v, dict):
+        return "(" + ", ".join(f"{k}={_short(x)}" for k, x in sorted(v.items())) + ")" if v \
+            else "–"
+    if isinstance(v, (list, tuple)):
+        return "/".join(_short(x) for x in v) if v else "–"
     return str(v)
+
+
+def display(v) -> str:
+    """A config value as readable text (:func:`_short`): for titles and cells."""
+    return _short(v)
 
 
 def canonical(v) -> str:

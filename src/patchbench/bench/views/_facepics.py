@@ -24,6 +24,7 @@ PICTURE_BUDGET = 480_000
 SIDE = 192                  # drawn images' longer side, px
 LOGIT = (-2.0, 12.0, 141)   # footnote 4: the x axis is s = s_p − s_n = logit(score)
 GT, DET, PATCH = (0, 200, 0), (230, 0, 0), (40, 90, 255)
+MAX_CURVES = 5              # curves per F_β panel (+ the δ marker: ≤ 6 lines)
 
 
 def load_face_gallery(run_dir, key: str) -> Optional[dict]:
@@ -47,22 +48,35 @@ def load_face_gallery(run_dir, key: str) -> Optional[dict]:
 
 def fbeta_figure(entries: Sequence[Tuple[str, dict]], betas: Sequence[float],
                  delta: Optional[float] = None):
-    """One panel per β: F_β of the detections ≥ t against t on the axis s = logit(t), one line per
-    ``(label, gallery)`` (its ``dets_adv`` against its ``gts``); a dotted line at logit(δ)."""
+    """F_β of the detections ≥ t against t on the axis s = logit(t), one line per
+    ``(label, gallery)`` (its ``dets_adv`` against its ``gts``), a dotted line at logit(δ); one
+    panel per β. At most :data:`MAX_CURVES` curves a panel (≤ 6 lines with δ's): more entries are
+    split into columns of panels (the first entry, the clean baseline, in each), one row per β.
+    At least 1000 px wide, fonts ≥ 10 pt."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from ...metrics.detection import threshold_fbeta_curve
+    from ._plots import FONTS, _chunks
 
     logit = torch.linspace(*LOGIT[:2], LOGIT[2], dtype=torch.float64)
     labels = [lab for lab, _ in entries]
-    cols = 2 if len(betas) == 4 else len(betas)
-    nrows = math.ceil(len(betas) / cols)
-    with plt.rc_context({"font.size": 11, "axes.titlesize": 12, "legend.fontsize": 10}):
-        fig, axes = plt.subplots(nrows, cols, figsize=(4.6 * cols, 3.2 * nrows), sharey=True,
-                                 squeeze=False)
-        for ax, beta in zip(axes.flat, betas):
-            for lab, g in entries:
+    if len(entries) <= MAX_CURVES:
+        chunks = [list(entries)]
+    else:
+        chunks = [[entries[0]] + c for c in _chunks(list(entries[1:]), MAX_CURVES - 1)]
+    if len(chunks) == 1:
+        cols = 2 if len(betas) == 4 else len(betas)
+        nrows = math.ceil(len(betas) / cols)
+        layout = [(beta, chunks[0]) for beta in betas]
+    else:
+        cols, nrows = len(chunks), len(betas)
+        layout = [(beta, chunk) for beta in betas for chunk in chunks]
+    with plt.rc_context(FONTS):
+        fig, axes = plt.subplots(nrows, cols, figsize=(max(11.0, 4.6 * cols), 3.2 * nrows),
+                                 sharey=True, squeeze=False, layout="constrained")
+        for ax, (beta, chunk) in zip(axes.flat, layout):
+            for lab, g in chunk:
                 _, f = threshold_fbeta_curve(g["dets_adv"], g["gts"], beta=beta,
                                              thresholds=torch.sigmoid(logit))
                 ax.plot(logit.numpy(), f.numpy(), label=lab, linewidth=1.6,
@@ -73,15 +87,19 @@ def fbeta_figure(entries: Sequence[Tuple[str, dict]], betas: Sequence[float],
             ax.set_title(f"β = {beta:g}")
             ax.set_ylim(-0.03, 1.03)
             ax.grid(alpha=0.3)
-        for ax in axes.flat[len(betas):]:
+        for ax in list(axes.flat)[len(layout):]:
             ax.axis("off")
         for ax in axes[-1]:
             ax.set_xlabel("threshold on s = logit(score)")
         for ax in axes[:, 0]:
             ax.set_ylabel("F_β")
-        handles, names = axes.flat[0].get_legend_handles_labels()
-        fig.tight_layout()
-        fig.legend(handles, names, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+        if len(chunks) == 1:
+            handles, names = axes.flat[0].get_legend_handles_labels()
+            fig.legend(handles, names, loc="outside right center", frameon=False)
+        else:
+            for ax in axes[-1]:
+                if ax.lines:
+                    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25), frameon=False)
     return fig
 
 

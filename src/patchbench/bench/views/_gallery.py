@@ -6,7 +6,10 @@ attacker's differs per defense and gets a column per defense.
 
 The file is a ``torch.save`` dict: ``"clean"``, ``"adv"``, ``"mask"``, optional ``"purified"``
 (``uint8`` N×C×H×W, the mask N×1×H×W), ``"y"``, ``"pred_clean"``, ``"pred_adv"``, optional
-``"pred_purified"`` (long N) and ``"class_names"``. Thumbnails are at most 160 px, JPEG for photos
+``"pred_purified"`` (long N), optional ``"conf_clean"``, ``"conf_adv"``, ``"conf_purified"`` (float N:
+the softmax probability of the predicted class) and ``"class_names"``. Every image is captioned: a
+prediction with its confidence where the file keeps one (``→ Sandal 0.87 ✓``), a mask with the share
+of the image it covers. Thumbnails are at most 160 px, JPEG for photos
 (see :func:`~patchbench.bench.report.image_data_uri`), and a page stops adding galleries when their
 images reach its byte budget, so a report stays under about 1 MB.
 """
@@ -116,17 +119,38 @@ def gallery_html(entries: List[Tuple[str, dict]], title: str, budget: int) -> Tu
             f"<tr>{head}</tr>" + "".join(rows) + "</table></div>", size)
 
 
+def confidence(g: dict, pred_key: Optional[str], i: int) -> Optional[float]:
+    """The stored confidence of prediction ``pred_key`` (``pred_adv`` → ``conf_adv``) of image
+    ``i``, or None when the gallery keeps none."""
+    if not pred_key or not pred_key.startswith("pred_"):
+        return None
+    c = g.get("conf_" + pred_key[len("pred_"):])
+    if not isinstance(c, torch.Tensor) or c.dim() != 1 or i >= len(c):
+        return None
+    v = float(c[i])
+    return v if v == v else None
+
+
+def _mask_caption(g: dict, i: int) -> str:
+    m = g.get("mask")
+    if not isinstance(m, torch.Tensor) or i >= m.shape[0]:
+        return ""
+    share = float((m[i] > 0).float().mean())
+    return f"patch: {100 * share:.1f}% of the image"
+
+
 def _caption(g: dict, key: str, pred_key: Optional[str], i: int, names: list, y) -> str:
     truth = int(y[i]) if isinstance(y, torch.Tensor) and y.dim() == 1 and i < len(y) else None
     if key == "mask":
-        return ""
+        return _mask_caption(g, i)
     pred = g.get(pred_key) if pred_key else None
     if not isinstance(pred, torch.Tensor) or pred.dim() != 1 or i >= len(pred):
         return "" if truth is None or key != "clean" else f"true: {esc(_name(names, truth))}"
     p = int(pred[i])
     mark = "" if truth is None else (" <span class='good'>✓</span>" if p == truth
                                      else " <span class='bad'>✗</span>")
-    text = f"→ {esc(_name(names, p))}{mark}"
+    conf = confidence(g, pred_key, i)
+    text = f"→ {esc(_name(names, p))}" + (f" {conf:.2f}" if conf is not None else "") + mark
     if key == "clean" and truth is not None:
         text += f"<br><span class='note'>true: {esc(_name(names, truth))}</span>"
     return text

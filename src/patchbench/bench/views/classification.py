@@ -8,6 +8,10 @@ the bare classifier, adaptive = the attack on model∘defense, and the certified
 defense reports one (PatchCleanser). Each number carries its 95% interval and, where it differs
 within a table, its n.
 
+Runs without any defense (the bundled ``demo``) get :mod:`._success` instead: one table of attack
+success over the correctly classified images, with intervals, and success vs patch area and vs
+iterations.
+
 Option sweeps: where one defense's cells of one table differ in a single numeric option with at least
 three values (ELGS's λ sweep of LGS/SLGS/WLGS, Tables 1–2 and Fig. 5), the table keeps the value with
 the most cells and a sweep table and plot follow: benign and DO accuracy (and their average) vs the
@@ -22,7 +26,7 @@ from ._common import (ATTACK_ORDER, DEFENSE_ORDER, CellNamer, area_text, attack_
                       canonical, ci_text, esc, is_number, name_of, options_text, order_key, pct,
                       user_label, varying)
 from ._plots import color_for, line_figure
-from . import defensive
+from . import _success, defensive
 
 TASK = "classification"
 MAIN_METRICS = ("clean_acc", "robust_acc")
@@ -52,6 +56,9 @@ def render(report, records, namer: CellNamer, run_dir=None) -> None:
         defensive.render(report, mine, namer, run_dir)
     if not records:
         return
+    if _success.attack_only(records):
+        _render_attack_only(report, records, namer)
+        return
     main, sweeps = _split_sweeps(records, namer)
     if sweeps:                  # the swept option no longer varies in the main tables' labels
         namer = CellNamer(r.config for r in main)
@@ -70,6 +77,27 @@ def render(report, records, namer: CellNamer, run_dir=None) -> None:
         if len(figures) > MAX_FIGURES:
             report.paragraph(f"{len(figures) - MAX_FIGURES} more plots not shown (the page shows at "
                              f"most {MAX_FIGURES}).", "note")
+
+
+def _render_attack_only(report, records, namer: CellNamer) -> None:
+    """A run without defenses (the demo): the success table and plots of :mod:`._success` instead
+    of a one-row defense table per context."""
+    report.heading("Attack success")
+    report.paragraph(_success.NOTE, "note")
+    table = _success.table_html(records, namer)
+    if table:
+        report.raw_html(table)
+    else:
+        report.paragraph("No attacked cell is done yet.", "note")
+    figures = _success.figures(records, namer)
+    if figures:
+        report.heading("Plots")
+        for fig, caption in figures[:MAX_FIGURES]:
+            report.figure(fig(), caption)
+
+
+#: the key numbers of an attack-only run for a page's headline (``[(title, html)]``)
+headline = _success.headline
 
 
 # ---- option sweeps ------------------------------------------------------------------------------

@@ -15,6 +15,12 @@ summarize`), accuracy vs severity, one table per corruption family and one for t
 noise (:func:`~patchbench.defensive.evaluate.family_table`), the per-class patches
 (:func:`~patchbench.defensive.apply.patch_sheet` of the artifact file) and the first stored images:
 clean, patched, corrupted, patched + corrupted, the random control + corrupted, and under PGD.
+
+Readable on a 1400-px screen (issue 16): the summary is transposed — a row per measure and patch,
+a column per model — and accuracy vs severity is one panel per model (≤ 4 lines each). Every
+number with the defensive patch is **label-conditional** (Wang et al. stick the patch of the
+object's *true* class: the defender is given the label): a banner opens the section and each such
+row or line carries :data:`~patchbench.bench.report.LABEL_MARK` (†).
 """
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ import math
 from typing import Dict, List, Optional, Tuple
 
 
+from ..report import LABEL_MARK
 from ._artifacts import artifact_file, artifact_specs, experiment_order
 from ._common import CellNamer, esc, name_of, pct
 
@@ -30,6 +37,10 @@ STICKERS = ("none", "defensive", "random", "blank")
 SHORT = {"none": "none", "defensive": "def.", "random": "rand.", "blank": "blank"}
 GALLERY_BUDGET = 250_000        # bytes of images the view embeds at most
 MAX_IMAGES = 4
+BANNER = (f"Label-conditional numbers ({LABEL_MARK}): the defensive patch stuck on each image is the "
+          f"one of its TRUE class (Wang et al., CVPR 2022) — the defender is given the label. "
+          f"Every accuracy and gain marked {LABEL_MARK} assumes that; without the label a "
+          f"defender would have to guess the class first.")
 INTRO = ("Wang et al., CVPR 2022. The defender sticks the patch of the object's true class around "
          "it; noise is applied after the patch is in place (the attacker perturbs the patch too). "
          "Controls in the same mask: 'random' = uniform noise, 'blank' = black (what hiding those "
@@ -219,6 +230,7 @@ def render(report, records, namer: CellNamer, run_dir=None) -> None:
     artifact files and the stored images."""
     from ._defensive_pics import patch_sheet_section, stored_gallery
     report.heading("Defensive patches: corruption and adversarial robustness, with transfer")
+    report.banner(BANNER)
     report.paragraph(INTRO)
     budget = [GALLERY_BUDGET]
     for sec in sections(records, run_dir, namer):
@@ -230,7 +242,7 @@ def render(report, records, namer: CellNamer, run_dir=None) -> None:
 
 
 def _section(report, sec: dict) -> None:
-    from ...defensive.evaluate import family_table, severity_plot, summarize
+    from ...defensive.evaluate import family_table, summarize
     title = _title(sec)
     report.heading(title)
     rows = sec["rows"]
@@ -249,12 +261,10 @@ def _section(report, sec: dict) -> None:
         return
     report.raw_html(summary_html(summarize(rows)))
     if any(r["family"] not in ("clean", "adversarial") for r in rows):
-        fig = severity_plot(rows, title.split(" (")[0])
-        ax = fig.axes[0]        # many lines: the legend beside the axes, readable
-        ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=9, frameon=False)
-        report.figure(fig, caption="Accuracy vs corruption severity (mean over the corruptions; "
-                                   "solid: defensive, dashed: none, dotted: random, dash-dot: "
-                                   "blank)")
+        report.figure(severity_figure(rows, title.split(" (")[0]),
+                      caption=f"Accuracy vs corruption severity (mean over the corruptions), one "
+                              f"panel per model; solid: defensive{LABEL_MARK} (the true class's "
+                              f"patch), dashed: none, dotted: random, dash-dot: blank")
     for fam in ("noise", "blur", "weather", "digital"):
         t = family_table(rows, fam)
         if t:
@@ -266,41 +276,89 @@ def _section(report, sec: dict) -> None:
                                    "white-box against each model): accuracy (%) per ε"))
 
 
+def severity_figure(rows: List[dict], title: str = ""):
+    """Accuracy (mean over the corruptions) vs severity, 0 = clean: one panel per model, one
+    line per patch (the defensive one marked †), ≤ 4 lines a panel."""
+    from ._plots import line_figure
+    styles = {"defensive": "-", "none": "--", "random": ":", "blank": "-."}
+    colors = {"defensive": "#1f77b4", "none": "#444444", "random": "#ff7f0e", "blank": "#2ca02c"}
+    series, look, panels, titles = {}, {}, [], []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == model]
+        labels = []
+        for kind in STICKERS:
+            pts = []
+            for sev in range(6):
+                vals = [r["acc"] for r in mine if r["patch"] == kind and is_num(r["acc"]) and
+                        (r["noise"] == "clean" if sev == 0 else
+                         r["family"] not in ("clean", "adversarial") and r["severity"] == sev)]
+                if vals:
+                    pts.append((float(sev), sum(vals) / len(vals)))
+            if pts:
+                label = f"{model}: {_patch_text(kind)}"
+                series[label], labels = pts, labels + [label]
+                look[label] = {"color": colors[kind], "linestyle": styles[kind]}
+        if labels:
+            held = " (held out)" if mine[0]["held_out"] else ""
+            panels.append(labels)
+            titles.append(f"{model}{held}")
+    return line_figure(series, look, "corruption severity (0 = clean)",
+                       "accuracy (%, mean over corruptions)", title, panels=panels,
+                       panel_titles=titles, xticks=[0, 1, 2, 3, 4, 5])
+
+
+def is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
+
+
+def _patch_text(kind: str) -> str:
+    return f"defensive{LABEL_MARK}" if kind == "defensive" else kind
+
+
 def summary_html(summary: List[dict]) -> str:
-    """The :func:`~patchbench.defensive.evaluate.summarize` rows as one table: per model, the
-    accuracy (%) clean, over the corruptions at severities 3–5 and under PGD-L∞ 4/255 for each
-    patch, then the gains over no patch (points)."""
-    groups = (("clean", "clean"), ("corr", "corruptions, sev 3–5"), ("pgd", "PGD-L∞ 4/255"))
-    gains = (("corr", "corruption gain"), ("pgd", "PGD gain"))
-    out = ["<div style='overflow-x:auto'><table class='paper' style='font-size:.8em'>"
-           "<caption>Summary: accuracy (%) "
-           "clean, mean over all corruptions at severities 3–5, and under PGD-L∞ 4/255; gains "
-           "in points over no patch</caption><tr><th class='t' rowspan='2'>model</th>"
-           "<th rowspan='2'>held out</th>"
-           + "".join(f"<th colspan='{len(STICKERS)}'>{t}</th>" for _, t in groups)
-           + "".join(f"<th colspan='{len(STICKERS) - 1}'>{t}</th>" for _, t in gains) + "</tr><tr>"
-           + "".join(f"<th>{SHORT[k]}</th>" for _ in groups for k in STICKERS)
-           + "".join(f"<th>{SHORT[k]}</th>" for _ in gains for k in STICKERS[1:]) + "</tr>"]
-    for s in summary:
-        accs = [pct(s.get(f"{g}_{k}")) for g, _ in groups for k in STICKERS]
-        ups = [_signed(s.get(f"{g}_gain_{k}")) for g, _ in gains for k in STICKERS[1:]]
-        out.append(f"<tr><td class='t'>{esc(s['model'])}</td>"
-                   f"<td>{'yes' if s.get('held_out') else 'no'}</td>"
-                   + "".join(f"<td><span class='num'>{v}</span></td>" for v in accs + ups)
-                   + "</tr>")
-    out.append("</table></div>")
+    """The :func:`~patchbench.defensive.evaluate.summarize` rows as one table, transposed to fit
+    a 1400-px screen: a column per model; a row per measure (the accuracy (%) clean, over the
+    corruptions at severities 3–5 and under PGD-L∞ 4/255) and patch, then the gains over no patch
+    (points). The defensive patch's rows are label-conditional (†)."""
+    groups = (("clean", "clean", STICKERS, "{}_{}"),
+              ("corr", "corruptions, sev 3–5", STICKERS, "{}_{}"),
+              ("pgd", "PGD-L∞ 4/255", STICKERS, "{}_{}"),
+              ("corr", "corruption gain (points)", STICKERS[1:], "{}_gain_{}"),
+              ("pgd", "PGD gain (points)", STICKERS[1:], "{}_gain_{}"))
+    head = "".join(f"<th>{esc(s['model'])}<br><small>"
+                   f"{'held out' if s.get('held_out') else 'trained on'}</small></th>"
+                   for s in summary)
+    out = ["<table class='paper'><caption>Summary: accuracy (%) clean, mean over all corruptions "
+           f"at severities 3–5, and under PGD-L∞ 4/255, per model; gains in points over no patch; "
+           f"{LABEL_MARK} = label-conditional (the true class's patch)</caption>"
+           f"<tr><th class='t'>measure</th><th class='t'>patch</th>{head}</tr>"]
+    for key, title, kinds, fmt in groups:
+        for i, kind in enumerate(kinds):
+            gain = "gain" in fmt
+            vals = [(_signed(s.get(fmt.format(key, kind))) if gain
+                     else pct(s.get(fmt.format(key, kind)))) for s in summary]
+            first = f"<td class='t' rowspan='{len(kinds)}'>{esc(title)}</td>" if i == 0 else ""
+            mark = f"defensive<span class='lc'>{LABEL_MARK}</span>" if kind == "defensive" \
+                else esc(kind)
+            out.append(f"<tr>{first}<td class='t'>{mark}</td>"
+                       + "".join(f"<td><span class='num'>{v}</span></td>" for v in vals)
+                       + "</tr>")
+    out.append("</table>")
     return "".join(out)
 
 
 def table_html(rows: List[dict], caption: str) -> str:
-    """:func:`~patchbench.defensive.evaluate.family_table` rows as a table, accuracies in %."""
+    """:func:`~patchbench.defensive.evaluate.family_table` rows as a table, accuracies in %; the
+    defensive patch's rows marked † (label-conditional)."""
     cols = list(rows[0])
     out = [f"<table class='paper'><caption>{esc(caption)}</caption><tr>"
            + "".join(f"<th class='t'>{esc(c)}</th>" if isinstance(rows[0][c], str) else
                      f"<th>{esc(c)}</th>" for c in cols) + "</tr>"]
     for r in rows:
         out.append("<tr>" + "".join(
-            f"<td class='t'>{esc(r[c])}</td>" if isinstance(r[c], str) else
+            (f"<td class='t'>defensive<span class='lc'>{LABEL_MARK}</span></td>"
+             if c == "patch" and r[c] == "defensive" else f"<td class='t'>{esc(r[c])}</td>")
+            if isinstance(r[c], str) else
             f"<td><span class='num'>{pct(r[c])}</span></td>" for c in cols) + "</tr>")
     out.append("</table>")
     return "".join(out)
@@ -316,4 +374,4 @@ def rows_of(records, run_dir=None, namer: Optional[CellNamer] = None) -> List[di
 
 
 __all__ = ["is_marked", "owns_galleries", "split", "to_row", "sections", "rows_of", "render",
-           "training_models", "summary_html", "table_html"]
+           "training_models", "summary_html", "table_html", "severity_figure", "BANNER"]

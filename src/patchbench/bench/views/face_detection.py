@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from typing import Dict, List, Optional
 
-from ._common import CellNamer, canonical, esc, is_number, user_label, varying
+from ._common import CellNamer, canonical, display, esc, is_number, user_label, varying
 from ._facepics import face_pictures, fbeta_figure, load_face_gallery
 
 TASK = "face-detection"
@@ -135,7 +135,7 @@ def contexts(records, namer: CellNamer) -> List[dict]:
     out = []
     for key in sorted(groups):
         g = groups[key]
-        g["title"] = ", ".join(f"{k} {canonical(g['ctx'][k])}" for k in shown)
+        g["title"] = ", ".join(f"{k} {display(g['ctx'][k])}" for k in shown)
         g["detectors"] = {d: sorted(g["detectors"][d], key=lambda r: _row_order(r.config))
                           for d in sorted(g["detectors"], key=lambda d: (d != WHITE_BOX, d))}
         out.append(g)

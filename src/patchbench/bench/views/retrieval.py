@@ -26,8 +26,8 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional
 
-from ._common import (CellNamer, canonical, ci_text, esc, is_number, name_of, order_key, pct,
-                      varying)
+from ._common import (CellNamer, canonical, ci_text, display, esc, is_number, name_of, order_key,
+                      pct, varying)
 
 TASK = "retrieval"
 MAIN_METRICS = ("clean", "irrelevant", "relevant")
@@ -118,7 +118,7 @@ def _title(g: dict, shown: List[str], namer: CellNamer) -> str:
             (f" ({geometry})" if geometry else "")
         rec = next(r.config for r in g["cells"] if namer.key(r.config, "attack") == g["attack"])
         cap += f" — {namer.variant(rec, 'attack')}"
-    extra = [f"{k}={canonical(ctx[k])}" for k in shown
+    extra = [f"{k}={display(ctx[k])}" for k in shown
              if k in ctx and k not in ("model", "dataset", "target")]
     return cap + (f" · {', '.join(extra)}" if extra else "")
 
