@@ -303,7 +303,7 @@ def test_the_bundled_retrieval_experiment_is_valid_and_its_dry_run_lists_the_cos
     assert defenses == {"none", "patchzero", "sac", "mae-defense", "lgs", "jpeg", "pair"}
     # the stronger attackers: EOT 1 / 28, BPDA, 3x iterations, on top of Table 2's EOT-7 cell
     pair_adaptive = [c for c in cells if c.config["defense"] == "pair" and c.config["adaptive"]
-                     and c.config["labels"]["defense"] == "pair"]
+                     and c.config["labels"]["defense"] == "pair" and c.config["task"] == "retrieval"]
     assert len(pair_adaptive) == 5
     quick = expand(C.load("quick"))
     assert sum(c.config["task"] == "retrieval" for c in quick) == 5

@@ -42,7 +42,7 @@ def _data(n: int = 6, channels: int = 3, size: int = S):
 
 # ---- the registry --------------------------------------------------------------------------------
 def test_tasks_are_registered_and_found_by_any_spelling():
-    assert tasks.names() == ["classification", "face-detection", "retrieval"]
+    assert tasks.names() == ["classification", "face-detection", "retrieval", "text-image"]
     assert tasks.get("Face_Detection") is tasks.get("face-detection")
     assert tasks.get("classification").name == "classification"
     t = tasks.get("classification")

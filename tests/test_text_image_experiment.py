@@ -186,10 +186,13 @@ def test_the_cell_gallery_marks_the_ads_in_the_top_k(run):
     assert not bool(g["before"]["ad"].any())          # no ad in the clean gallery
     assert torch.equal(g["after"]["ad"], g["after"]["index"] >= g["n_gallery"])
     assert g["ads_adv"].shape == (3, 3, 32, 32) and g["patch"].shape == (3, 11, 11)
-    # the same query is shown for every defense of the keyword (the one closest to e_t)
-    other = torch.load(run["dir"] / "gallery" / f"{_cell(run, 'jpeg', 'tth', True).key}.pt",
+    # the same query is shown for every DO cell of the keyword (one shared patch)
+    other = torch.load(run["dir"] / "gallery" / f"{_cell(run, 'jpeg', 'tth', False).key}.pt",
                        weights_only=True)
     assert other["queries"] == g["queries"] and "ads_purified" in other
+    assert torch.equal(other["ads_adv"], g["ads_adv"])
+    # the cells leave the shared model in eval mode (BatchNorm statistics untouched)
+    assert not any(m.training for m in runner._MODELS.values())
 
 
 def test_the_report_has_table_1_and_a_gallery(run):
@@ -353,3 +356,27 @@ def test_the_dry_run_estimates_the_text_image_cells(tmp_path):
     assert min(costs.values()) == 27.0
     assert any("keyword=coat" in label for label in costs)
     assert any("estimated cost" in line for line in lines)
+
+
+def test_the_bundled_retrieval_experiment_has_the_text_image_tables(tmp_path):
+    exp = C.load("retrieval")
+    cells = [c for c in expand(exp) if c.config["task"] == "text-image"]
+    assert {c.config["model"] for c in cells} == {"dual_encoder_fmnist_scenes"}
+    t1 = [c for c in cells if c.config["keyword"] == "blue"]        # Table 1 alone has "blue"
+    assert {c.config["defense"] for c in t1} == {"none", "patchzero", "sac", "mae-defense", "lgs",
+                                                 "jpeg", "pair"} and len(t1) == 7 + 7 + 6
+    # Table 4: PAIR's six patch sizes / shapes / placements, plus TTH's own threat
+    threats = {(round(c.config["patch_area"], 4), c.config["threat"]["shape"],
+                str(c.config["threat"]["placement"])) for c in cells}
+    assert threats == {(0.1225, "square", "[1.0, 0.0]"), (0.0459, "square", "[1.0, 0.0]"),
+                       (0.1276, "square", "[1.0, 0.0]"), (0.25, "square", "[1.0, 0.0]"),
+                       (0.1276, "rectangle", "[1.0, 0.0]"), (0.1268, "circle", "[1.0, 0.0]"),
+                       (0.1276, "square", "random")}
+    # the stronger attackers on PAIR: EOT 1 / 7 / 28, BPDA and 3× iterations
+    strong = [c for c in cells if c.config["defense"] == "pair" and c.config["adaptive"] and
+              c.config["patch_area"] == 0.1225 and c.config["keyword"] == "coat" and
+              c.config["labels"]["defense"] == "pair"]
+    assert len(strong) == 5
+    lines = []
+    run_experiment(exp, tmp_path / "dry", dry_run=True, log=lines.append)
+    assert sum("keyword=coat" in line for line in lines) == len(cells) - len(t1)

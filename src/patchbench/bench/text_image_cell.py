@@ -25,8 +25,8 @@ a dual encoder's gallery behind a defense, poisoned by ad images carrying one un
   ``metric = "r@10"``, ``keyword``, ``n_queries``, ``clean`` / ``irrelevant`` / ``relevant`` with
   their 95 % intervals, ``n_gallery``, ``n_ads``, ``attacker``) plus ``eot_samples``,
   ``patch_side``, ``shape``, ``train_loss_last`` and ``seconds``.
-* Gallery (``[experiment] gallery = G``): for the ``G`` keyword queries closest to e_t (the same
-  in every cell of the keyword; the first ones without an attack), the top ``k`` before (clean
+* Gallery (``[experiment] gallery = G``): for the ``G`` keyword queries the ads are closest to
+  (:func:`pick_queries`: the same in every DO cell of a keyword), the top ``k`` before (clean
   gallery) and after (ads added) as the deployed system ranks them (behind the defense), each
   result's thumbnail (a gallery image, or the patched ad as indexed) with the ads marked and the
   query's own image flagged; plus the first ads clean, patched and purified (one draw) and the
@@ -144,6 +144,7 @@ def text_image_cell(cfg: dict, settings: dict, model, model_key: str, paths: dic
     from .runner import _remember, _resolve, _threat
 
     bs = int(settings.get("batch_size", 64))
+    model.eval()            # a previous pb.evaluate may leave the shared model in train mode
     db_u8, captions = gallery_data(cfg, _remember)
     db = db_u8.to(device).float() / 255
     ads = ad_data(cfg, _remember).to(device)
@@ -172,6 +173,7 @@ def text_image_cell(cfg: dict, settings: dict, model, model_key: str, paths: dic
     if ev.result is not None and ev.result.history:
         metrics["train_loss_last"] = float(ev.result.history[-1])
     metrics["seconds"] = round(time.perf_counter() - t0, 4)
+    model.eval()            # (TTH's frozen() restores its ImageEmbedder wrapper's train flag)
     g = text_image_gallery(ev, model, defense, db_u8, ads, int(settings.get("gallery", 0)))
     if g is not None:
         g["keyword"] = cfg["keyword"]
@@ -187,16 +189,16 @@ def _thumbs(images_u8: torch.Tensor) -> torch.Tensor:
                                            mode="area").round().to(torch.uint8)
 
 
-def pick_queries(model, queries: List[str], target: Optional[torch.Tensor], count: int
+def pick_queries(model, queries: List[str], ads_indexed: torch.Tensor, count: int
                  ) -> torch.Tensor:
-    """Indices of ``count`` queries to show, the same in every cell of a keyword whatever its
-    defense: those whose text embedding is closest to the target e_t (the queries the ads aim
-    at), or the first ones without an attack (no e_t)."""
-    if target is None:
-        return torch.arange(min(count, len(queries)))
+    """Indices of the ``count`` queries the ads are closest to: by the cosine of each query's text
+    embedding to the mean bare-tower embedding of the ads as indexed (patched when attacked), so
+    every DO cell of a keyword (one shared patch) shows the same queries whatever its defense."""
     from ..tasks.text_image import encode_text_batched
     q = torch.nn.functional.normalize(encode_text_batched(model, queries).float(), dim=1)
-    cos = q @ torch.nn.functional.normalize(target.float().to(q.device), dim=0)
+    with torch.no_grad():
+        a = torch.nn.functional.normalize(model.encode_image(ads_indexed).float(), dim=1)
+    cos = q @ torch.nn.functional.normalize(a.mean(0).to(q.device), dim=0)
     return torch.sort(-cos.cpu(), stable=True).indices[:count]
 
 
@@ -215,10 +217,10 @@ def text_image_gallery(ev, model, defense, db_u8: torch.Tensor, ads: torch.Tenso
     sim_c, sim_p = out["sim_clean"], out["sim_poisoned"]
     true_index = out["true_index"].cpu()
     k = min(int(ev.metrics()["k"]), sim_c.shape[1])
-    sel = pick_queries(model, out["queries"], out.get("target"), int(count))
     m = db_u8.shape[0]
     res = ev.result
     ads_indexed = res.x_adv if res is not None else ads
+    sel = pick_queries(model, out["queries"], ads_indexed, int(count))
     pool = torch.cat([_thumbs(db_u8), _thumbs(_u8(ads_indexed))])
 
     def ranked(sim):

@@ -37,7 +37,7 @@ from .._validation import (check_bool, check_choice, check_device, check_int, ch
 from .base import IMAGENET_MEAN, IMAGENET_STD
 from .hashing import Hasher, check_codes, hadamard_centres
 from .mobilenet_v2 import MobileNetV2
-from .weights import KNOWN_SHA256, check_finite, check_state_dict, load_file
+from .weights import KNOWN_SHA256, check_state_dict, read_format_checkpoint
 
 FORMAT, VERSION = "patchbench-hasher", 1
 STORE_DTYPES = ("float32", "float16")
@@ -160,18 +160,8 @@ def save_hasher(hasher: Hasher, path, meta: Optional[dict] = None, dtype: str = 
 
 def read_checkpoint(path) -> dict:
     """A hasher checkpoint's dict, checked for its format (``ValueError`` naming the file)."""
-    obj = load_file(path, "weights")
-    source = Path(os.path.expanduser(os.fspath(path)))
-    need = ("bits", "input_size", "options", "state_dict", "centres")
-    if not isinstance(obj, dict) or obj.get("format") != FORMAT or not all(k in obj for k in need):
-        raise ValueError(f"weights: {source} is not a patchbench hasher checkpoint (a dict with "
-                         f"format={FORMAT!r} and {', '.join(need)}); hashers are saved by "
-                         f"patchbench.models.csq.save_hasher / `patchbench train hasher`")
-    if obj.get("version") != VERSION:
-        raise ValueError(f"weights: {source} is a hasher checkpoint of version "
-                         f"{obj.get('version')!r}; this patchbench reads version {VERSION}")
-    check_finite(obj["state_dict"], source)
-    return obj
+    return read_format_checkpoint(path, FORMAT, VERSION, ("bits", "input_size", "options", "state_dict", "centres"), "hasher",
+                                  "patchbench.models.csq.save_hasher / `patchbench train hasher`")
 
 
 def load_csq(path, device="cpu", bits: Optional[int] = None, input_size: Optional[int] = None,

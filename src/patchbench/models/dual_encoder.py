@@ -55,7 +55,7 @@ from .._validation import (check_bool, check_choice, check_device, check_int, ch
 from .base import IMAGENET_MEAN, IMAGENET_STD, Normalize, check_input_for
 from .csq import BACKBONE_FILE, NUM_BLOCKS
 from .mobilenet_v2 import MobileNetV2
-from .weights import KNOWN_SHA256, check_finite, check_state_dict, load_file
+from .weights import KNOWN_SHA256, check_state_dict, read_format_checkpoint
 
 FORMAT, VERSION = "patchbench-dual-encoder", 1
 SPECIALS = ("<pad>", "<unk>", "<bos>", "<eos>")
@@ -343,18 +343,8 @@ def save_dual_encoder(model: DualEncoder, path, meta: Optional[dict] = None,
 
 def read_checkpoint(path) -> dict:
     """A dual-encoder checkpoint's dict, checked for its format (``ValueError`` naming the file)."""
-    obj = load_file(path, "weights")
-    source = Path(os.path.expanduser(os.fspath(path)))
-    need = ("input_size", "vocab", "context_length", "options", "state_dict")
-    if not isinstance(obj, dict) or obj.get("format") != FORMAT or not all(k in obj for k in need):
-        raise ValueError(f"weights: {source} is not a patchbench dual-encoder checkpoint (a dict "
-                         f"with format={FORMAT!r} and {', '.join(need)}); they are written by "
-                         f"save_dual_encoder / `patchbench train dual-encoder`")
-    if obj.get("version") != VERSION:
-        raise ValueError(f"weights: {source} is a dual-encoder checkpoint of version "
-                         f"{obj.get('version')!r}; this patchbench reads version {VERSION}")
-    check_finite(obj["state_dict"], source)
-    return obj
+    return read_format_checkpoint(path, FORMAT, VERSION, ("input_size", "vocab", "context_length", "options", "state_dict"), "dual-encoder",
+                                  "save_dual_encoder / `patchbench train dual-encoder`")
 
 
 def load_dual_encoder(path, device="cpu", input_size: Optional[int] = None,

@@ -263,3 +263,19 @@ def load_state_dict_checked(module: nn.Module, state: Mapping[str, Tensor], sour
     except RuntimeError as e:   # e.g. a tensor that cannot be copied (dtype)
         raise ValueError(f"{source}: these weights do not fit {what} ({_first_line(e)})") from e
     return module
+
+
+def read_format_checkpoint(path, fmt: str, version: int, need, what: str, writer: str) -> dict:
+    """A patchbench checkpoint dict (``format``/``version`` keys plus ``need``), checked: not such
+    a dict, another version, or NaN/Inf in its ``state_dict`` give a ``ValueError`` naming the file.
+    ``what`` names the kind ("hasher", "dual-encoder"), ``writer`` what writes such files."""
+    obj = load_file(path, "weights")
+    source = Path(os.path.expanduser(os.fspath(path)))
+    if not isinstance(obj, dict) or obj.get("format") != fmt or not all(k in obj for k in need):
+        raise ValueError(f"weights: {source} is not a patchbench {what} checkpoint (a dict with "
+                         f"format={fmt!r} and {', '.join(need)}); they are written by {writer}")
+    if obj.get("version") != version:
+        raise ValueError(f"weights: {source} is a {what} checkpoint of version "
+                         f"{obj.get('version')!r}; this patchbench reads version {version}")
+    check_finite(obj["state_dict"], source)
+    return obj

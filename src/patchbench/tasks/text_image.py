@@ -172,6 +172,7 @@ class ImageEmbedder(nn.Module):
         self.channels = int(getattr(model, "channels", 3))
         self.input_size = getattr(model, "input_size", None)
         self.name = f"{getattr(model, 'name', type(model).__name__)}:image"
+        self.train(bool(getattr(model, "training", False)))   # keep the model's own mode
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model.encode_image(x)

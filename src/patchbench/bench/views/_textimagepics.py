@@ -113,8 +113,9 @@ def gallery_section(report, run_dir, g: dict, rows: List[tuple], labels: Dict[tu
                          "defended search returns on the clean gallery and once the ads are in it "
                          "(ads outlined and marked AD, shown as indexed, i.e. patched; ✓ is the "
                          "query's own image), then the first ads clean, patched and purified "
-                         "(one draw). The query is the one closest to the target e_t (the "
-                         "same for every defense of the keyword).", "note")
+                         "(one draw). The query is the one the ads (as indexed) are closest to "
+                         "under the bare model: the same for every non-adaptive cell of the "
+                         "keyword.", "note")
         for html in parts:
             report.raw_html(html)
     if skipped:
