@@ -283,9 +283,17 @@ def _atomic_save(obj, path: Path) -> None:
 
 
 def stage1_attacks(cfg: PatchZeroTrainConfig, classifier, x: Tensor, y: Tensor, out_dir: Path,
-                   chunk: int = 256) -> Tuple[Tensor, Tensor]:
+                   chunk: Optional[int] = None) -> Tuple[Tensor, Tensor]:
     """DO attack images (uint8) and masks (bool) for every training image, cached in
-    ``out_dir/stage1_attacks.pt`` and saved after every chunk, so an interrupted run resumes."""
+    ``out_dir/stage1_attacks.pt`` and saved after every chunk, so an interrupted run resumes.
+
+    ``chunk`` (images per attack batch; each chunk draws from its own seed): default 256 for
+    classifiers that see at most 64×64 pixels (the Fashion-MNIST detectors were trained so), 32 for
+    larger inputs such as the ImageNet MobileNetV2 at 224² — 256 of those in one batch needed
+    ~20 GB of activations and was killed by the out-of-memory killer."""
+    if chunk is None:
+        side = getattr(classifier, "input_size", None)
+        chunk = 256 if side is None or max(side) <= 64 else 32
     path = out_dir / "stage1_attacks.pt"
     key = {k: v for k, v in cfg.identity().items() if k not in (
         "lr", "lr_stage2", "lr_schedule", "aux_weight", "pos_weight", "dilation", "unet_base", "unet_depth",
