@@ -74,27 +74,33 @@ def check_dataset(c, e, where: str, info: dict, size_of):
     opts = dict(e.options)
     opts.setdefault("split", DEFAULT_SPLIT)
     for part, defaults in _PART_DEFAULTS.items():
-        raw = opts.get(part, {})
-        t = c.table(raw, f"{where}.{part}")
-        c.keys(t, f"{where}.{part}", set(defaults))
-        spec = {**defaults, **t}
-        path = f"{where}.{part}"
-        if spec["split"] not in info.get("splits", [spec["split"]]):
-            c.fail(f"{path}.split", f"expected one of {info['splits']}, got {spec['split']!r}",
-                   LookupError)
-        spec["offset"] = c.wrap(path, check_int, spec["offset"], "offset", 0)
-        if spec["n"] is not None:
-            spec["n"] = c.wrap(path, check_int, spec["n"], "n", 1)
-        size = size_of(e.name, spec["split"])
-        if size is not None and spec["offset"] >= size:
-            c.fail(f"{path}.offset", f"the {e.name!r} {spec['split']} split has {size} images, got "
-                                     f"offset={spec['offset']}")
-        if size is not None and spec["n"] is not None and spec["offset"] + spec["n"] > size:
-            c.fail(f"{path}.n", f"the {e.name!r} {spec['split']} split has {size} images, got "
-                                f"n={spec['n']}" + (f" from offset={spec['offset']}"
-                                                    if spec["offset"] else ""))
-        opts[part] = spec
+        opts[part] = check_split_part(c, opts.get(part, {}), f"{where}.{part}", defaults, e.name,
+                                      info, size_of)
     return type(e)(e.name, opts, e.label)
+
+
+def check_split_part(c, raw, path: str, defaults: dict, name: str, info: dict, size_of) -> dict:
+    """One ``{split, offset, n}`` table of a dataset entry (a retrieval gallery / attack-training
+    part, a text-image caption split), checked against the dataset's splits and their sizes; the
+    missing keys take ``defaults``. Errors name ``path``."""
+    t = c.table(raw, path)
+    c.keys(t, path, set(defaults))
+    spec = {**defaults, **t}
+    if spec["split"] not in info.get("splits", [spec["split"]]):
+        c.fail(f"{path}.split", f"expected one of {info['splits']}, got {spec['split']!r}",
+               LookupError)
+    spec["offset"] = c.wrap(path, check_int, spec["offset"], "offset", 0)
+    if spec["n"] is not None:
+        spec["n"] = c.wrap(path, check_int, spec["n"], "n", 1)
+    size = size_of(name, spec["split"])
+    if size is not None and spec["offset"] >= size:
+        c.fail(f"{path}.offset", f"the {name!r} {spec['split']} split has {size} images, got "
+                                 f"offset={spec['offset']}")
+    if size is not None and spec["n"] is not None and spec["offset"] + spec["n"] > size:
+        c.fail(f"{path}.n", f"the {name!r} {spec['split']} split has {size} images, got "
+                            f"n={spec['n']}" + (f" from offset={spec['offset']}"
+                                                if spec["offset"] else ""))
+    return spec
 
 
 def gallery_size(name: str, spec: dict, size_of) -> Optional[int]:

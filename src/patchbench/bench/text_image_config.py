@@ -97,25 +97,9 @@ def check_dataset(c, e, where: str, info: dict, size_of):
         c.fail(f"{where}.ads.n", f"the ad image set is empty (n={ads['n']}); TTH pastes its patch "
                                  f"on at least one ad image (default {ADS_N})")
     opts["ads"] = {"n": c.wrap(f"{where}.ads", check_int, ads.get("n", ADS_N), "n", 1)}
-    raw = c.table(opts.get("train", {}), f"{where}.train")
-    c.keys(raw, f"{where}.train", set(_TRAIN_DEFAULTS))
-    spec = {**_TRAIN_DEFAULTS, **raw}
-    path = f"{where}.train"
-    if spec["split"] not in info.get("splits", [spec["split"]]):
-        c.fail(f"{path}.split", f"expected one of {info['splits']}, got {spec['split']!r}",
-               LookupError)
-    spec["offset"] = c.wrap(path, check_int, spec["offset"], "offset", 0)
-    if spec["n"] is not None:
-        spec["n"] = c.wrap(path, check_int, spec["n"], "n", 1)
-    size = size_of(e.name, spec["split"])
-    if size is not None and spec["offset"] >= size:
-        c.fail(f"{path}.offset", f"the {e.name!r} {spec['split']} split has {size} images, got "
-                                 f"offset={spec['offset']}")
-    if size is not None and spec["n"] is not None and spec["offset"] + spec["n"] > size:
-        c.fail(f"{path}.n", f"the {e.name!r} {spec['split']} split has {size} images, got "
-                            f"n={spec['n']}" + (f" from offset={spec['offset']}"
-                                                if spec["offset"] else ""))
-    opts["train"] = spec
+    from .retrieval_config import check_split_part
+    opts["train"] = check_split_part(c, opts.get("train", {}), f"{where}.train", _TRAIN_DEFAULTS,
+                                     e.name, info, size_of)
     return type(e)(e.name, opts, e.label)
 
 
