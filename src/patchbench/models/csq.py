@@ -48,7 +48,39 @@ NUM_BLOCKS = 19
 SHIPPED = {"csq_fmnist_objects_64": ("csq_fmnist_objects_64.pt", "fmnist-objects")}
 
 
-class MobileNetV2HashNet(nn.Module):
+class FrozenBlocksMobileNetV2(nn.Module):
+    """MobileNetV2 ``features`` whose blocks before ``trainable_from`` (0..19) are frozen and stay in
+    eval mode (BatchNorm statistics included) even under ``.train()``: the tower shared by the CSQ
+    hasher and the dual encoder's image side. Subclasses add a head on :meth:`pooled`."""
+
+    def __init__(self, trainable_from: int, width_mult: float = 1.0):
+        super().__init__()
+        self.trainable_from = check_int(trainable_from, "trainable_from", minimum=0,
+                                        maximum=NUM_BLOCKS)
+        backbone = MobileNetV2(width_mult=check_positive(width_mult, "width_mult"))
+        self.features = backbone.features
+        self.last_channel = backbone.last_channel
+        self.features[:self.trainable_from].requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.features[:self.trainable_from].eval()
+        return self
+
+    def frozen(self, x: Tensor) -> Tensor:
+        """The frozen blocks' output (what a trainer may precompute once)."""
+        return self.features[:self.trainable_from](x)
+
+    def pooled(self, z: Tensor) -> Tensor:
+        """``features[trainable_from:]`` on frozen-block output ``z``, global average pooled: ``N×C``."""
+        z = self.features[self.trainable_from:](z)
+        return torch.flatten(nn.functional.adaptive_avg_pool2d(z, 1), 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.tail(self.frozen(x))
+
+
+class MobileNetV2HashNet(FrozenBlocksMobileNetV2):
     """MobileNetV2 ``features`` → global average pool → hash head (normalised input → ``N×bits``).
 
     Args:
@@ -61,35 +93,18 @@ class MobileNetV2HashNet(nn.Module):
 
     def __init__(self, bits: int = 64, trainable_from: int = 11, hidden: int = 0,
                  dropout: float = 0.2, width_mult: float = 1.0):
-        super().__init__()
-        self.bits = check_positive_int(bits, "bits")
-        self.trainable_from = check_int(trainable_from, "trainable_from", minimum=0,
-                                        maximum=NUM_BLOCKS)
+        bits = check_positive_int(bits, "bits")
         hidden = check_int(hidden, "hidden", minimum=0)
         dropout = check_number(dropout, "dropout", 0.0, 1.0, high_inclusive=False)
-        backbone = MobileNetV2(width_mult=check_positive(width_mult, "width_mult"))
-        self.features = backbone.features
-        width = backbone.last_channel
+        super().__init__(trainable_from, width_mult)
+        self.bits = bits
+        width = self.last_channel
         layers = [nn.Linear(width, hidden), nn.ReLU(inplace=True)] if hidden else []
         self.head = nn.Sequential(*layers, nn.Dropout(dropout), nn.Linear(hidden or width, bits))
-        self.features[:self.trainable_from].requires_grad_(False)
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.features[:self.trainable_from].eval()
-        return self
-
-    def frozen(self, x: Tensor) -> Tensor:
-        """The frozen blocks' output (what a trainer may precompute once)."""
-        return self.features[:self.trainable_from](x)
 
     def tail(self, z: Tensor) -> Tensor:
         """The trained part: ``features[trainable_from:]``, pooling and head."""
-        z = self.features[self.trainable_from:](z)
-        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(z, 1), 1))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.tail(self.frozen(x))
+        return self.head(self.pooled(z))
 
     def trained_keys(self) -> list:
         """The ``state_dict`` keys of the trained part (the blocks from ``trainable_from``, the head)."""

@@ -50,11 +50,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._validation import (check_bool, check_choice, check_device, check_int, check_positive_int,
-                           check_seed)
+from .._validation import check_bool, check_choice, check_device, check_positive_int, check_seed
 from .base import IMAGENET_MEAN, IMAGENET_STD, Normalize, check_input_for
-from .csq import BACKBONE_FILE, NUM_BLOCKS
-from .mobilenet_v2 import MobileNetV2
+from .csq import BACKBONE_FILE, FrozenBlocksMobileNetV2
 from .weights import KNOWN_SHA256, check_state_dict, read_format_checkpoint
 
 FORMAT, VERSION = "patchbench-dual-encoder", 1
@@ -190,34 +188,17 @@ class TextTransformer(nn.Module):
         return self.projection(self.ln_final(x[torch.arange(ids.shape[0], device=ids.device), eos]))
 
 
-class ImageTower(nn.Module):
+class ImageTower(FrozenBlocksMobileNetV2):
     """MobileNetV2 ``features`` → global average pool → linear projection to ``embed_dim``; the
     blocks before ``trainable_from`` frozen and kept in eval mode (BatchNorm statistics too)."""
 
     def __init__(self, embed_dim: int = 128, trainable_from: int = 16, width_mult: float = 1.0):
-        super().__init__()
-        self.trainable_from = check_int(trainable_from, "trainable_from", 0, NUM_BLOCKS)
-        backbone = MobileNetV2(width_mult=width_mult)
-        self.features = backbone.features
-        self.projection = nn.Linear(backbone.last_channel, embed_dim, bias=False)
-        self.features[:self.trainable_from].requires_grad_(False)
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.features[:self.trainable_from].eval()
-        return self
-
-    def frozen(self, x: Tensor) -> Tensor:
-        """The frozen blocks' output (what a trainer may precompute once)."""
-        return self.features[:self.trainable_from](x)
+        super().__init__(trainable_from, width_mult)
+        self.projection = nn.Linear(self.last_channel, embed_dim, bias=False)
 
     def tail(self, z: Tensor) -> Tensor:
         """The trained part: ``features[trainable_from:]``, pooling, projection."""
-        z = self.features[self.trainable_from:](z)
-        return self.projection(torch.flatten(F.adaptive_avg_pool2d(z, 1), 1))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.tail(self.frozen(x))
+        return self.projection(self.pooled(z))
 
 
 class DualEncoder(nn.Module):
