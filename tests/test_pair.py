@@ -373,3 +373,25 @@ def test_training_config_bad_inputs():
                       (dict(ssim_window="box"), "ssim_window"), (dict(beta=-1), "beta")):
         with pytest.raises((ValueError, LookupError), match=match):
             tp.PairTrainConfig(**kw)
+
+
+def test_a_text_image_model_is_d_its_image_tower_embedding():
+    """PAIR's D for text-to-image search (§5.1: CLIP's image encoder) is the dual encoder's
+    image tower: D(x) = encode_image(x), unit vectors at the tower's own input size."""
+    sem = tp.SemanticFeatures("dual_encoder_fmnist_scenes", size=128)
+    x = torch.rand(2, 3, 48, 48, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got = sem(x)
+        want = sem.clf.encode_image(x)
+        grey = sem(x[:, :1])
+    assert sem.kind == "text-image" and tuple(got.shape) == (2, sem.clf.embed_dim)
+    assert torch.allclose(got, want) and torch.allclose(got.norm(dim=1), torch.ones(2), atol=1e-5)
+    assert torch.allclose(grey, sem.clf.encode_image(x[:, :1].expand(-1, 3, -1, -1)))
+    assert not any(p.requires_grad for p in sem.parameters())
+    sem.train()
+    assert not sem.clf.training                         # frozen, BatchNorm statistics too
+    xr = x.clone().requires_grad_(True)
+    sem(xr).sum().backward()                            # differentiable in the image (eq. 17)
+    assert xr.grad is not None and float(xr.grad.abs().sum()) > 0
+    with pytest.raises(ValueError, match="hasher model"):
+        tp.SemanticFeatures("csq_fmnist_objects_64")

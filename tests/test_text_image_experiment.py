@@ -362,9 +362,18 @@ def test_the_bundled_retrieval_experiment_has_the_text_image_tables(tmp_path):
     exp = C.load("retrieval")
     cells = [c for c in expand(exp) if c.config["task"] == "text-image"]
     assert {c.config["model"] for c in cells} == {"dual_encoder_fmnist_scenes"}
-    t1 = [c for c in cells if c.config["keyword"] == "blue"]        # Table 1 alone has "blue"
+    blue = [c for c in cells if c.config["keyword"] == "blue"]      # Table 1s alone have "blue"
+    t1 = [c for c in blue if c.config["attack"] == "none"
+          or c.config["attack_options"]["patches"] == "universal"]
     assert {c.config["defense"] for c in t1} == {"none", "patchzero", "sac", "mae-defense", "lgs",
                                                  "jpeg", "pair"} and len(t1) == 7 + 7 + 6
+    # Table 1 under the stronger per-ad TTH (benign cells shared): undefended DO, JPEG and PAIR
+    # DO + adaptive, PAIR from the scenes generator with the dual encoder's D
+    per_ad = [c for c in blue if c not in t1]
+    assert len(per_ad) == 5 and {c.config["attack_options"]["targets"] for c in per_ad} == {
+        "clusters"}
+    assert {c.config["defense_options"].get("checkpoint") for c in per_ad
+            if c.config["defense"] == "pair"} == {"@pair_scenes"}
     # Table 4: PAIR's six patch sizes / shapes / placements, plus TTH's own threat
     threats = {(round(c.config["patch_area"], 4), c.config["threat"]["shape"],
                 str(c.config["threat"]["placement"])) for c in cells}
@@ -375,8 +384,9 @@ def test_the_bundled_retrieval_experiment_has_the_text_image_tables(tmp_path):
     # the stronger attackers on PAIR: EOT 1 / 7 / 28, BPDA and 3× iterations
     strong = [c for c in cells if c.config["defense"] == "pair" and c.config["adaptive"] and
               c.config["patch_area"] == 0.1225 and c.config["keyword"] == "coat" and
-              c.config["labels"]["defense"] == "pair"]
+              c.config["labels"]["defense"] == "pair" and c not in per_ad
+              and c.config["attack_options"]["patches"] == "universal"]
     assert len(strong) == 5
     lines = []
     run_experiment(exp, tmp_path / "dry", dry_run=True, log=lines.append)
-    assert sum("keyword=coat" in line for line in lines) == len(cells) - len(t1)
+    assert sum("keyword=coat" in line for line in lines) == len(cells) - len(blue)

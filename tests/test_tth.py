@@ -174,3 +174,102 @@ def test_bad_inputs(model, ads, e_t):
             TTH(**kw)
     with pytest.raises(ValueError, match="patch"):
         a.apply(model, ads, None, None, torch.rand(3, 5, 5), target=e_t)
+
+
+# ---- the stronger attacker: one patch per ad, one target per ad (not the paper's) ---------------
+def test_per_ad_patches_differ_and_leave_pixels_outside_their_masks_unchanged(model, ads, e_t):
+    res = TTH(iterations=20, lr=0.05, patches="per-ad").run(model, ads, None, None, target=e_t,
+                                                             generator=0)
+    assert tuple(res.patch.shape) == (4, 3, 11, 11)
+    out = res.mask.expand_as(ads) == 0
+    assert torch.equal(res.x_adv[out], ads[out])
+    assert not torch.equal(res.patch[0], res.patch[1])          # each ad trained its own patch
+    again = tth_threat((32, 32)).paste(ads, res.patch, res.info["placement"])[0]
+    assert torch.equal(again, res.x_adv)
+
+
+def test_per_ad_patches_fit_the_target_at_least_as_well_as_one_universal_patch(model, ads, e_t):
+    kw = dict(iterations=60, lr=0.05, lam=0.0)
+    uni = TTH(**kw).run(model, ads, None, None, target=e_t, generator=0)
+    per = TTH(patches="per-ad", **kw).run(model, ads, None, None, target=e_t, generator=0)
+    assert float(per.info["cos"].mean()) >= float(uni.info["cos"].mean()) - 1e-3
+
+
+def test_per_ad_penalty_is_the_mean_of_the_patches_penalties(model, ads, e_t):
+    lam = 50.0
+    one = TTH(iterations=1, lam=lam, lr=0.05, patches="per-ad")
+    p1 = one.fit(model, ads, None, target=e_t, generator=0)
+    two = TTH(iterations=2, lam=lam, lr=0.05, patches="per-ad")
+    two.fit(model, ads, None, target=e_t, generator=0)
+    threat = tth_threat((32, 32))
+    xp = threat.paste(ads, p1, threat.sample(4, (32, 32)))[0]
+    with torch.no_grad():
+        cos = T.cosine_to(model.encode_image(xp), e_t)
+    want = float((1 - cos).mean() + lam * (p1 - one.init_).pow(2).sum() / (4 * 32 * 32))
+    assert two.history_[1] == pytest.approx(want, rel=1e-5)
+
+
+def test_assign_targets_is_a_greedy_permutation_on_the_cosine():
+    from patchbench.attacks.tth import assign_targets
+    t = torch.eye(3)
+    clean = torch.tensor([[0.0, 0.9, 0.1], [0.0, 1.0, 0.0], [1.0, 0.0, 0.2]])
+    perm = assign_targets(clean, t)
+    # ad 1 is the closest pair (target 1), then ad 2 → target 0, ad 0 takes what is left
+    assert perm.tolist() == [2, 1, 0]
+    assert sorted(assign_targets(torch.randn(6, 3), torch.nn.functional.normalize(
+        torch.randn(6, 3), dim=1)).tolist()) == list(range(6))
+
+
+def test_one_target_per_ad_pulls_each_ad_to_its_own_target(model, ads):
+    g = torch.Generator().manual_seed(5)
+    targets = torch.nn.functional.normalize(torch.randn(4, model.embed_dim, generator=g), dim=1)
+    res = TTH(iterations=80, lr=0.05, lam=0.0, patches="per-ad").run(
+        model, ads, None, None, target=targets, generator=0)
+    rows = res.info["target"]
+    assert tuple(rows.shape) == (4, model.embed_dim)
+    match = (rows @ targets.T).argmax(1)                       # a permutation of the targets
+    assert sorted(match.tolist()) == [0, 1, 2, 3]
+    assert torch.allclose(rows, targets[match], atol=1e-6)
+    with torch.no_grad():
+        z = model.encode_image(res.x_adv)
+    own = (z * rows).sum(1)
+    assert bool((own > res.info["cos_clean"]).all())
+    assert torch.allclose(res.info["cos"], own, atol=1e-5)
+    with pytest.raises(ValueError, match="4 ad images"):
+        TTH(iterations=1).run(model, ads, None, None, target=targets[:3], generator=0)
+
+
+def test_target_clusters_are_unit_centres_of_the_keyword_captions(model):
+    caps = ["a red coat", "a red coat on the left", "a blue coat", "the blue coats",
+            "a green coat in the scene", "a green coat", "a red dress"]
+    c = T.target_clusters(model, caps, "coat", 3, generator=0)
+    assert tuple(c.shape) == (3, model.embed_dim)
+    assert torch.allclose(c.norm(dim=1), torch.ones(3), atol=1e-5)
+    with torch.no_grad():
+        emb = torch.nn.functional.normalize(model.encode_text(caps[:6]), dim=1)
+    # every keyword caption is closest to one centre, and each centre is the normalised mean of
+    # the captions closest to it (k-means' fixed point)
+    a = (emb @ c.T).argmax(1)
+    for j in range(3):
+        if (a == j).any():
+            want = torch.nn.functional.normalize(emb[a == j].mean(0), dim=0)
+            assert torch.allclose(c[j], want, atol=1e-4)
+    assert torch.equal(c, T.target_clusters(model, caps, "coat", 3, generator=0))   # seeded
+    with pytest.raises(ValueError, match="at least 7"):
+        T.target_clusters(model, caps, "coat", 7)
+    with pytest.raises(ValueError, match="none of"):
+        T.target_clusters(model, caps, "bag", 2)
+
+
+def test_stronger_options_are_checked():
+    with pytest.raises(LookupError, match="patches"):
+        TTH(patches="each")
+    with pytest.raises(LookupError, match="targets"):
+        TTH(targets="median")
+
+
+def test_a_per_ad_patch_set_fits_its_own_ads_only(model, ads, e_t):
+    a = TTH(iterations=2, patches="per-ad")
+    p = a.fit(model, ads, None, target=e_t, generator=0)
+    with pytest.raises(ValueError, match="one per ad image"):
+        a.apply(model, ads[:3], None, None, p, target=e_t)

@@ -4,7 +4,8 @@
 1. the queries: every gallery caption containing the keyword, each relevant to its own image;
    ``clean`` R@k = the share whose image is in their top k on the gallery;
 2. the target ``e_t``: the normalised mean text embedding of up to 500 *training* captions with the
-   keyword (``train_captions``; or given directly as ``target``);
+   keyword (``train_captions``; or given directly as ``target``); for ``TTH(targets="clusters")``
+   (our stronger attacker) one per ad, :func:`patchbench.tasks.text_image.target_clusters`;
 3. the ad images ``x`` (whose scenes lack the keyword) get the universal patch, trained on the bare
    image tower (non-adaptive) or on ``Defended(ImageEmbedder(model), defense)`` (adaptive: EOT over a
    randomised defense's draws, BPDA where the defense declares it, as in Retrieval I); a patch may
@@ -111,7 +112,11 @@ def evaluate_text_image(t, model, x, y, attack, defense, threat, adaptive, gener
             raise ValueError("train_captions: the attack needs the target embedding e_t; pass the "
                              "attacker's training captions (e.g. the scenes set's train captions) "
                              "or target=e_t")
-        e_t = T.target_embedding(model, train_captions, keyword, generator=g).to(x.device)
+        if getattr(attack, "targets", "mean") == "clusters":
+            e_t = T.target_clusters(model, train_captions, keyword, x.shape[0],
+                                    generator=g).to(x.device)
+        else:
+            e_t = T.target_embedding(model, train_captions, keyword, generator=g).to(x.device)
     if threat is None:
         threat = tth_threat(tuple(x.shape[-2:]))
     uses_mask = defense is not None and bool(defense.uses_true_mask)
@@ -128,7 +133,8 @@ def evaluate_text_image(t, model, x, y, attack, defense, threat, adaptive, gener
     if attacking:
         res = attack_result
         if res is None:
-            thr = float(torch.topk(gal @ e_t, k).values[-1])
+            e_dir = e_t if e_t.dim() == 1 else F.normalize(e_t.mean(0), dim=0)
+            thr = float(torch.topk(gal @ e_dir, k).values[-1])
             res = _run_attack(attack, tower, x, defense, threat, adaptive, g, e_t, thr,
                               attack_train, behind, uses_mask)
         ads = _embed(behind(None if defense is None else defense.for_result(res)), res.x_adv,

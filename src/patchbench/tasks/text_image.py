@@ -11,6 +11,7 @@ the target embedding ``e_t`` of the keyword, i.e. minimise ``mean_i (1 − cos(F
 :meth:`TextImage.objective` returns ``cos − 1`` per image (to maximise). ``e_t``
 (:func:`target_embedding`) is the normalised mean text embedding of up to 500 *training* captions that
 contain the keyword (a random subset when more match, as the authors' ``random.sample``).
+:func:`target_clusters` gives ``n`` sub-concept targets instead (our stronger TTH, not the paper's).
 
 Per-image success (our choice, stated here; TTH reports only R@K): the patched ad's cosine to
 ``e_t`` reaches ``threshold`` — the evaluation cell passes the ``k``-th best cosine between ``e_t``
@@ -144,9 +145,60 @@ def target_embedding(model, captions, keyword: str, limit: int = TARGET_CAPTIONS
     return F.normalize(emb.float().mean(0), dim=0)
 
 
+def target_clusters(model, captions, keyword: str, n: int, limit: int = TARGET_CAPTIONS,
+                    generator=None, iterations: int = 30, batch_size: int = 256) -> Tensor:
+    """``n`` target embeddings for one keyword (our stronger TTH, ``TTH(targets="clusters")``; not
+    in the paper): spherical k-means (Dhillon & Modha 2001: cosine assignment, normalised means)
+    of the unit text embeddings of up to ``limit`` training captions that contain ``keyword``,
+    drawn as :func:`target_embedding` draws them. The centres start at ``n`` captions drawn with
+    ``generator`` and run ``iterations`` rounds; an emptied cluster keeps its centre. Returns
+    ``n×D`` unit vectors, ordered by cluster size (largest first; ties by index).
+
+    Why: on a small proxy model the mean of many specific captions lies far from each of them
+    (the query's cosine to e_t is below the cosine of its 10th-best gallery image), so ads pulled
+    to one e_t win few queries; ads pulled to ``n`` sub-concepts cover more of them.
+    ``ValueError`` when no caption contains ``keyword`` or fewer than ``n`` do."""
+    captions = check_captions(captions, "train_captions")
+    keyword = check_keyword(keyword)
+    n = check_positive_int(n, "n")
+    limit = check_positive_int(limit, "limit")
+    iterations = check_positive_int(iterations, "iterations")
+    hits = [c for c in captions if keyword_matches(c, keyword)]
+    if not hits:
+        raise ValueError(f"keyword: {keyword!r} appears in none of the {len(captions)} training "
+                         f"captions; its target embeddings are undefined")
+    g = make_generator(generator)
+    if len(hits) > limit:
+        order = torch.randperm(len(hits), generator=g, device=g.device)[:limit].tolist()
+        hits = [hits[i] for i in sorted(order)]
+    if len(hits) < n:
+        raise ValueError(f"n: {n} target clusters need at least {n} training captions with "
+                         f"{keyword!r}, found {len(hits)}")
+    emb = F.normalize(encode_text_batched(model, hits, check_positive_int(batch_size,
+                                                                       "batch_size")).float(), dim=1)
+    start = torch.randperm(emb.shape[0], generator=g, device=g.device)[:n].to(emb.device)
+    centres = emb[start].clone()
+    for _ in range(iterations):
+        assign = (emb @ centres.T).argmax(1)
+        sums = torch.zeros_like(centres).index_add_(0, assign, emb)
+        counts = torch.bincount(assign, minlength=n)
+        moved = F.normalize(sums, dim=1)
+        new = torch.where((counts > 0)[:, None], moved, centres)
+        if torch.equal(new, centres):
+            break
+        centres = new
+    counts = torch.bincount((emb @ centres.T).argmax(1), minlength=n)
+    order = sorted(range(n), key=lambda j: (-int(counts[j]), j))
+    return centres[order]
+
+
 def cosine_to(embeddings: Tensor, target: Tensor) -> Tensor:
-    """``N`` cosines of ``N×D`` embeddings to one ``D`` target (both normalised here; the protocol
-    already returns unit vectors, an EOT mean of them is not). Inner-loop helper."""
+    """``N`` cosines of ``N×D`` embeddings to one ``D`` target, or row by row to ``N×D`` targets
+    (both normalised here; the protocol already returns unit vectors, an EOT mean of them is not).
+    Inner-loop helper."""
+    if target.dim() == 2 and target.shape[0] > 1:
+        return (F.normalize(embeddings, dim=1) * F.normalize(target.to(embeddings.dtype),
+                                                             dim=1)).sum(1)
     t = target.reshape(-1).to(embeddings.dtype)
     return F.normalize(embeddings, dim=1) @ F.normalize(t, dim=0)
 

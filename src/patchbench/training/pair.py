@@ -13,7 +13,9 @@ Paper: PAIR (ACM MM 2024), §4.3 and §5.1 "Training details".
   own mean, variance and covariance, ``c1 = 1e-4``, ``c2 = 9e-4``) and
   ``L_s = 1 − cos(D(x), D(x'))`` (eq. 17), β = 1. ``ssim_window="gaussian"`` is Wang et al.'s
   standard SSIM instead (11×11 Gaussian windows, σ = 1.5), which the authors' code uses.
-* D, the semantic discriminator, is frozen (§5.1): here the real ImageNet MobileNetV2 (a
+* D, the semantic discriminator, is frozen (§5.1). For text-to-image search the paper's D is CLIP's
+  image encoder: ``semantic_model="dual_encoder_fmnist_scenes"`` (any text-image zoo model) takes
+  the dual encoder's image tower, its unit embedding. The default is the real ImageNet MobileNetV2 (a
   general-purpose pretrained network, as CLIP is for the authors), its globally pooled penultimate
   features (1280-d), on the image resized to ``semantic_size`` (default 128: the 64² proxies are
   upsampled 2× towards the scale ImageNet objects have at 224, with a 4×4 final feature map rather
@@ -83,8 +85,10 @@ class PairTrainConfig:
         ssim_c1, ssim_c2: SSIM constants. Default 1e-4 and 9e-4 (§5.1).
         pixel_loss_pass, semantic_loss_pass: the pass (1 or 2) each term scores. Default 1 and 1
             (the paper); the authors' code: 1 and 2.
-        semantic_model: zoo name of D (its ``net.forward_features``). Default "mobilenet_v2".
-        semantic_size: side D sees. Default 128.
+        semantic_model: zoo name of D: a classifier (its ``net.forward_features``) or a
+            text-image model (its image tower's embedding; :class:`SemanticFeatures`). Default
+            "mobilenet_v2".
+        semantic_size: side a classifier D sees. Default 128.
         init_checkpoint: start from this MAE checkpoint instead of a seeded initialisation.
         seed: Default 0. device: "cpu" or "cuda". num_threads: CPU threads (None = leave).
         progress: tqdm bars. Default True.
@@ -240,26 +244,44 @@ def _ssim(x: Tensor, y: Tensor, window: str, patch_size: int, kernel_size: int, 
 
 
 class SemanticFeatures(nn.Module):
-    """D of eq. 17: a frozen zoo classifier's pooled penultimate features on ``x`` resized to
-    ``size`` (bilinear; grey images repeated to RGB), ImageNet-normalised inside. ``N×C×H×W`` in
-    [0, 1] → ``N×F``."""
+    """D of eq. 17, frozen. Two kinds of zoo model:
+
+    * a classifier (default ``"mobilenet_v2"``): its pooled penultimate features on ``x`` resized
+      to ``size`` (bilinear; grey images repeated to RGB), ImageNet-normalised inside;
+    * a text-image model (``patchbench.models.names(kind="text-image")``, e.g. the shipped
+      ``"dual_encoder_fmnist_scenes"``): its image tower's unit embedding ``encode_image(x)``,
+      at the tower's own input size (``size`` is not used). This is the paper's D for
+      text-to-image search (§5.1: CLIP's image encoder) on our proxy.
+
+    ``N×C×H×W`` in [0, 1] → ``N×F``."""
 
     def __init__(self, name: str = "mobilenet_v2", size: int = 128, device="cpu"):
         super().__init__()
-        from ..models import load
+        from ..models import load, zoo
+        self.size = check_positive_int(size, "size")
+        kind = zoo.get_spec(name).kind if name in zoo.names() else "classifier"
+        if kind == "text-image":
+            self.kind, self.clf = kind, load(name, device=device).eval().requires_grad_(False)
+            return
+        if kind != "classifier":
+            raise ValueError(f"semantic_model: {name!r} is a {kind} model; D must be a classifier "
+                             f"(e.g. 'mobilenet_v2') or a text-image model "
+                             f"({', '.join(zoo.names(kind='text-image'))})")
         clf = load(name, device=device)
         if not hasattr(clf.net, "forward_features"):
             raise ValueError(f"semantic_model: {name!r} has no forward_features (pooled features); "
                              f"use 'mobilenet_v2'")
-        self.clf = clf.eval().requires_grad_(False)
-        self.size = check_positive_int(size, "size")
+        self.kind, self.clf = kind, clf.eval().requires_grad_(False)
 
     def train(self, mode: bool = True) -> "SemanticFeatures":
         return super().train(False)          # frozen: BatchNorm statistics never move
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.shape[1] == 1 and self.clf.channels == 3:
+        channels = 3 if self.kind == "text-image" else self.clf.channels
+        if x.shape[1] == 1 and channels == 3:
             x = x.expand(-1, 3, -1, -1)
+        if self.kind == "text-image":
+            return self.clf.encode_image(x)
         if tuple(x.shape[-2:]) != (self.size, self.size):
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False,
                               antialias=x.shape[-1] > self.size)
@@ -484,7 +506,8 @@ def _atomic_save(obj, path: Path) -> None:
 
 
 # ---------------------------------------------------------------------- command line
-_FLAGS = {"dataset": str, "n_train": int, "n_val": int, "patch_size": int, "mask": str,
+_FLAGS = {"dataset": str, "semantic_model": str, "n_train": int, "n_val": int, "patch_size": int,
+          "mask": str,
           "mask_ratio": float, "sampling": str, "pretrain_epochs": int, "epochs": int,
           "batch_size": int, "beta": float, "ssim_window": str, "pixel_loss_pass": int,
           "semantic_loss_pass": int, "semantic_size": int, "init_checkpoint": str, "seed": int,
