@@ -139,7 +139,8 @@ def test_every_dotted_name_in_the_docs_resolves():
 def _architecture_blocks():
     text = (ROOT / "docs" / "architecture.md").read_text()
     blocks = FENCE.findall(text)
-    python = [code for lang, code in blocks if lang == "python" and "my_extensions" not in code]
+    python = [code for lang, code in blocks if lang == "python"
+              and "runner.run_experiment" not in code]
     toml = [code for lang, code in blocks if lang == "toml"]
     return python, toml
 
@@ -154,6 +155,10 @@ def test_the_worked_examples_run(tmp_path):
             Image.new("RGB", (40 + 10 * i, 30), (60 * i, 120, 200)).save(
                 tmp_path / "photos" / cls / f"{i}.png")
     (tmp_path / "my-experiment.toml").write_text(toml[0])
+    # the attack and the defense examples are the code the experiment's `imports` names
+    (tmp_path / "my_extensions.py").write_text("\n\n".join(
+        code for code in python if '@register("random-noise-patch")' in code
+        or '@register("box-blur")' in code))
     script = "\n\n".join(python) + textwrap.dedent("""
 
         from patchbench.bench import config
@@ -167,3 +172,12 @@ def test_the_worked_examples_run(tmp_path):
                               "PATCHBENCH_HOME": str(tmp_path / "home")})
     assert run.returncode == 0, run.stderr[-3000:]
     assert "EXPERIMENT my-experiment" in run.stdout
+    # the command line knows the user's names through [experiment] imports
+    dry = subprocess.run([sys.executable, "-c", "import sys; from patchbench.cli import main; "
+                          "sys.exit(main(sys.argv[1:]))", "run", "my-experiment.toml",
+                          "--out", "runs/mine", "--dry-run"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300,
+                         env={**__import__("os").environ, "OMP_NUM_THREADS": "1",
+                              "PATCHBENCH_HOME": str(tmp_path / "home")})
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert "random-noise-patch" in dry.stdout and "box-blur" in dry.stdout

@@ -6,7 +6,8 @@ A file has three parts (bundled examples: ``src/patchbench/experiments/quick.tom
 
     [experiment]                      # name, task, description, device, threads, num_cpus, num_gpus,
     name = "quick"                    # gallery (images kept per cell for the report), batch_size
-    task = "classification"           # (images per prediction batch, default 64)
+    task = "classification"           # (images per prediction batch, default 64), imports
+                                      # (user modules / .py files registering names: .imports)
 
     [artifacts.pz_do]                 # something the grid needs that is trained or loaded once
     kind = "patchzero"                # patchzero | classifier | face-patch | defensive-patch | sac
@@ -85,7 +86,7 @@ ARTIFACT_KINDS = ("patchzero", "classifier", "face-patch", "defensive-patch", "s
                   # the retrieval experiments' (bench/artifacts_retrieval.py)
                   "hasher", "pair", "patchzero-images", "sac-images")
 _EXPERIMENT_KEYS = {"name", "task", "description", "device", "threads", "num_cpus", "num_gpus",
-                    "gallery", "batch_size", "attack_batch"}
+                    "gallery", "batch_size", "attack_batch", "imports"}
 _GRID_KEYS = ("models", "datasets", "stickers", "corruptions", "attacks", "defenses", "threats",
               "adaptive", "seeds")
 _GRID_TABLE_KEYS = set(_GRID_KEYS) | {"name", "override", "task", "targets", "k",
@@ -182,6 +183,8 @@ class Experiment:
     grids: List[Grid] = field(default_factory=list)
     artifacts: Dict[str, ArtifactSpec] = field(default_factory=dict)
     overrides: List[Dict[str, object]] = field(default_factory=list)
+    #: user modules / .py files imported before the checks and in every worker (``.imports``)
+    imports: List[str] = field(default_factory=list)
 
     @property
     def source(self) -> str:
@@ -348,10 +351,16 @@ def parse(data: dict, path: Optional[Path] = None) -> Experiment:
     name = head.get("name", path.stem if path is not None else "experiment")
     if not isinstance(name, str) or not re.fullmatch(r"[\w.-]+", name):
         c.fail("experiment.name", f"expected a name of letters, digits, '-', '_', '.', got {name!r}")
+    imports: List[str] = []
+    if "imports" in head:             # user code registering names, imported before the checks
+        from .imports import load_imports, resolve_imports
+        imports = c.wrap("experiment", resolve_imports, head["imports"],
+                         path.parent if path is not None else None)
+        c.wrap("experiment", load_imports, imports)
     task = head.get("task", "classification")
     c.wrap("experiment.task", _check_task, task)
     exp = Experiment(name=name, task=normalize_name(task), path=path,
-                     description=str(head.get("description", "")))
+                     description=str(head.get("description", "")), imports=imports)
     exp.device = str(c.wrap("experiment.device", check_device, head.get("device", "cpu"), "device"))
     exp.threads = c.wrap("experiment", check_int, head.get("threads", 1), "threads", 1, 256)
     exp.num_cpus = c.wrap("experiment", check_number, head.get("num_cpus", 1), "num_cpus", 0.0, 1024,

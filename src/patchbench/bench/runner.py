@@ -439,6 +439,9 @@ def run_cell(cfg: dict, settings: dict) -> CellRecord:
     started = time.time()
     t0 = time.perf_counter()
     try:
+        if settings.get("imports"):          # a Ray worker's first cell: the user's registrations
+            from .imports import load_imports
+            load_imports(settings["imports"])
         metrics, gallery = compute_cell(cfg, settings)
         rec = CellRecord(key="", config=cfg, metrics=metrics, status="done", seed=cfg["seed"],
                          version=__version__)
@@ -556,7 +559,7 @@ def run_experiment(exp: Experiment, out_dir, executor: str = "local", address: O
             f"compute ({executor} executor)")
         settings = {"device": exp.device, "artifacts": {k: p for k, (p, _) in arts.items()},
                     "cache_dir": str(out / "cache" / "attacks"), "gallery": exp.gallery,
-                    "batch_size": exp.batch_size}
+                    "batch_size": exp.batch_size, "imports": list(exp.imports)}
         (out / "cache" / "attacks").mkdir(parents=True, exist_ok=True)
         meta = {**as_dict(exp), "artifact_paths": dict(settings["artifacts"])}
         atomic_write_text(out / "experiment.json",

@@ -89,7 +89,7 @@ def gallery_section(report, run_dir, g: dict, rows: List[tuple], labels: Dict[tu
     else its adaptive one, else its benign one), within ``state["budget"]`` bytes."""
     state = {"budget": PICTURE_BUDGET} if state is None else state
     parts, skipped = [], 0
-    who = {"DO": "non-adaptive", "adaptive": "adaptive", "none": "no attack"}
+    who = {"DO": "non-adaptive attacker", "adaptive": "adaptive attacker", "none": "no attack"}
     for row in rows:
         rec, kind = None, None
         for w in ("DO", "adaptive", "none"):
@@ -101,7 +101,7 @@ def gallery_section(report, run_dir, g: dict, rows: List[tuple], labels: Dict[tu
         gal = load_text_image_gallery(path) if path is not None else None
         if gal is None:
             continue
-        html, size = gallery_html(f"{labels[row]} — {who[kind]} attacker", gal)
+        html, size = gallery_html(f"{labels[row]} — {who[kind]}", gal)
         if size > state["budget"]:
             skipped += 1
             continue
