@@ -130,19 +130,25 @@ def target_embedding(model, captions, keyword: str, limit: int = TARGET_CAPTIONS
     When more than ``limit`` match, a random subset of ``limit`` is drawn with ``generator`` (the
     authors' ``random.sample(..., 500)``); otherwise all of them are used. Returns ``D`` floats.
     ``ValueError`` naming ``keyword`` when no caption contains it."""
+    hits = _target_captions(captions, keyword, limit, make_generator(generator), "e_t is")
+    emb = encode_text_batched(model, hits, check_positive_int(batch_size, "batch_size"))
+    return F.normalize(emb.float().mean(0), dim=0)
+
+
+def _target_captions(captions, keyword: str, limit, g: torch.Generator, what: str) -> List[str]:
+    """The (checked) training captions with ``keyword``, a random ``limit`` of them (drawn with
+    ``g``) when more match: the captions both target forms embed."""
     captions = check_captions(captions, "train_captions")
     keyword = check_keyword(keyword)
     limit = check_positive_int(limit, "limit")
     hits = [c for c in captions if keyword_matches(c, keyword)]
     if not hits:
         raise ValueError(f"keyword: {keyword!r} appears in none of the {len(captions)} training "
-                         f"captions; its target embedding e_t is undefined")
+                         f"captions; its target embedding {what} undefined")
     if len(hits) > limit:
-        g = make_generator(generator)
         order = torch.randperm(len(hits), generator=g, device=g.device)[:limit].tolist()
         hits = [hits[i] for i in sorted(order)]
-    emb = encode_text_batched(model, hits, check_positive_int(batch_size, "batch_size"))
-    return F.normalize(emb.float().mean(0), dim=0)
+    return hits
 
 
 def target_clusters(model, captions, keyword: str, n: int, limit: int = TARGET_CAPTIONS,
@@ -158,19 +164,10 @@ def target_clusters(model, captions, keyword: str, n: int, limit: int = TARGET_C
     (the query's cosine to e_t is below the cosine of its 10th-best gallery image), so ads pulled
     to one e_t win few queries; ads pulled to ``n`` sub-concepts cover more of them.
     ``ValueError`` when no caption contains ``keyword`` or fewer than ``n`` do."""
-    captions = check_captions(captions, "train_captions")
-    keyword = check_keyword(keyword)
     n = check_positive_int(n, "n")
-    limit = check_positive_int(limit, "limit")
     iterations = check_positive_int(iterations, "iterations")
-    hits = [c for c in captions if keyword_matches(c, keyword)]
-    if not hits:
-        raise ValueError(f"keyword: {keyword!r} appears in none of the {len(captions)} training "
-                         f"captions; its target embeddings are undefined")
     g = make_generator(generator)
-    if len(hits) > limit:
-        order = torch.randperm(len(hits), generator=g, device=g.device)[:limit].tolist()
-        hits = [hits[i] for i in sorted(order)]
+    hits = _target_captions(captions, keyword, limit, g, "s are")
     if len(hits) < n:
         raise ValueError(f"n: {n} target clusters need at least {n} training captions with "
                          f"{keyword!r}, found {len(hits)}")
