@@ -16,8 +16,8 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .._validation import (check_bool, check_choice, check_images, check_int, check_nonnegative, check_number,
-                           check_positive, check_positive_int, make_generator)
+from .._validation import (check_bool, check_choice, check_images, check_int, check_nonnegative,
+                           check_number, check_positive, check_positive_int, make_generator)
 from ..tasks import text_image as T
 from ._common import check_eot, frozen
 from .base import AttackResult, PatchAttack, register
@@ -264,16 +264,19 @@ class TTH(PatchAttack):
         return x, threat, e_t, hw
 
     # ---- training ----------------------------------------------------------------------------
-    def _targets_for(self, encode, x: Tensor, e_t: Tensor) -> Tensor:
+    def _targets_for(self, encode, x: Tensor, e_t: Tensor,
+                     clean: Optional[Tensor] = None) -> Tensor:
         """``e_t`` as the loss uses it: one ``D`` target, or ``N×D`` rows in the ads' order (K×D
-        targets, K = N, matched to the ads by :func:`assign_targets` on the clean ads)."""
+        targets, K = N, matched to the ads by :func:`assign_targets` on the clean ads; ``clean``:
+        their embeddings when the caller has them already)."""
         if e_t.dim() == 1:
             return e_t
         if e_t.shape[0] != x.shape[0]:
             raise ValueError(f"target: {e_t.shape[0]} target embeddings for {x.shape[0]} ad "
                              f"images; give one per ad (K = N) or a single e_t")
-        with torch.no_grad():
-            clean = _check_outputs(encode(x), x.shape[0], e_t.shape[1])
+        if clean is None:
+            with torch.no_grad():
+                clean = _check_outputs(encode(x), x.shape[0], e_t.shape[1])
         return e_t[assign_targets(clean, e_t)]
 
     def fit(self, model, x: Tensor, threat=None, *, target=None, generator=None) -> Tensor:
@@ -370,8 +373,9 @@ class TTH(PatchAttack):
         params = threat.sample(x.shape[0], tuple(x.shape[-2:]), generator=g)
         encode = _encoder(model)
         with torch.no_grad(), frozen(model):
-            e_rows = self._targets_for(encode, x, e_t)
-            clean = T.cosine_to(_check_outputs(encode(x), x.shape[0], e_t.shape[-1]), e_rows)
+            z_clean = _check_outputs(encode(x), x.shape[0], e_t.shape[-1])
+            e_rows = self._targets_for(encode, x, e_t, z_clean)
+            clean = T.cosine_to(z_clean, e_rows)
             x_adv, mask = threat.paste(x, patch, params)
             z = encode(x_adv)
             cos, ok = self.task_objective(threshold=threshold, clean_cos=clean)(z, None, e_rows)

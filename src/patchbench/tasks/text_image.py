@@ -130,7 +130,8 @@ def target_embedding(model, captions, keyword: str, limit: int = TARGET_CAPTIONS
     When more than ``limit`` match, a random subset of ``limit`` is drawn with ``generator`` (the
     authors' ``random.sample(..., 500)``); otherwise all of them are used. Returns ``D`` floats.
     ``ValueError`` naming ``keyword`` when no caption contains it."""
-    hits = _target_captions(captions, keyword, limit, make_generator(generator), "e_t is")
+    hits = _target_captions(captions, keyword, limit, make_generator(generator),
+                            "target embedding e_t is")
     emb = encode_text_batched(model, hits, check_positive_int(batch_size, "batch_size"))
     return F.normalize(emb.float().mean(0), dim=0)
 
@@ -144,7 +145,7 @@ def _target_captions(captions, keyword: str, limit, g: torch.Generator, what: st
     hits = [c for c in captions if keyword_matches(c, keyword)]
     if not hits:
         raise ValueError(f"keyword: {keyword!r} appears in none of the {len(captions)} training "
-                         f"captions; its target embedding {what} undefined")
+                         f"captions; its {what} undefined")
     if len(hits) > limit:
         order = torch.randperm(len(hits), generator=g, device=g.device)[:limit].tolist()
         hits = [hits[i] for i in sorted(order)]
@@ -167,7 +168,7 @@ def target_clusters(model, captions, keyword: str, n: int, limit: int = TARGET_C
     n = check_positive_int(n, "n")
     iterations = check_positive_int(iterations, "iterations")
     g = make_generator(generator)
-    hits = _target_captions(captions, keyword, limit, g, "s are")
+    hits = _target_captions(captions, keyword, limit, g, "target embeddings are")
     if len(hits) < n:
         raise ValueError(f"n: {n} target clusters need at least {n} training captions with "
                          f"{keyword!r}, found {len(hits)}")

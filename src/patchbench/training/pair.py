@@ -277,8 +277,7 @@ class SemanticFeatures(nn.Module):
         return super().train(False)          # frozen: BatchNorm statistics never move
 
     def forward(self, x: Tensor) -> Tensor:
-        channels = 3 if self.kind == "text-image" else self.clf.channels
-        if x.shape[1] == 1 and channels == 3:
+        if x.shape[1] == 1 and self.clf.channels == 3:       # a DualEncoder's channels is 3
             x = x.expand(-1, 3, -1, -1)
         if self.kind == "text-image":
             return self.clf.encode_image(x)

@@ -111,7 +111,8 @@ def groups(records, namer: CellNamer) -> List[dict]:
     for g in result:
         g["title"] = _title(g, shown, namer)
     # the fullest table first (Table 1 proper: most defenses, keywords, then cells of its own
-    # attack — the paper's attacker has its adaptive cells too), then the others (e.g. Table 4's threats) by title
+    # attack — the paper's attacker has its adaptive cells too), then the others (e.g. Table 4's
+    # threats) by title
     result.sort(key=lambda g: (-len({name_of(r.config, "defense") for r in g["cells"]}),
                                -len({r.config.get("keyword") for r in g["cells"]}),
                                -sum(g["attack"] is not None and
